@@ -1,0 +1,1 @@
+"""The data path: index, bucketing, reading, masking. Imports no model and no fairseq task."""

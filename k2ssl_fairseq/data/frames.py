@@ -1,0 +1,74 @@
+"""Frame arithmetic: the one place that converts sample counts to frame counts.
+
+Data, models and scripts all call these functions so that the CNN front-end, label files and
+padding masks can never disagree by a frame.
+"""
+from __future__ import annotations
+
+from typing import Sequence, Tuple, TypeVar, Union
+
+import numpy as np
+import torch
+
+#: The wav2vec2/HuBERT CNN front-end as (channels, kernel, stride): receptive field 400, stride 320.
+WAV2VEC2_CONV_LAYERS: Tuple[Tuple[int, int, int], ...] = (
+    ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2
+)
+
+Count = TypeVar("Count", int, np.ndarray, torch.Tensor)
+
+
+def conv_frames(num_samples: Count, conv_layers: Sequence[Sequence[int]] = WAV2VEC2_CONV_LAYERS) -> Count:
+    """Number of output frames of a stack of unpadded 1-D convolutions.
+
+    Args:
+        num_samples: samples per utterance (int, numpy array or tensor).
+        conv_layers: (channels, kernel, stride) per layer.
+
+    Returns:
+        Frames per utterance, same type as the input; never negative. For the wav2vec2 stack this
+        equals ``1 + (n - 400) // 320`` for ``n >= 400`` and 0 below.
+    """
+    frames = num_samples
+    for _, kernel, stride in conv_layers:
+        frames = (frames - kernel) // stride + 1
+        if isinstance(frames, torch.Tensor):
+            frames = frames.clamp(min=0)
+        elif isinstance(frames, np.ndarray):
+            frames = np.maximum(frames, 0)
+        else:
+            frames = max(int(frames), 0)
+    return frames
+
+
+def conv_stride(conv_layers: Sequence[Sequence[int]] = WAV2VEC2_CONV_LAYERS) -> int:
+    """Total stride (samples per frame) of a convolution stack: 320 for wav2vec2."""
+    stride = 1
+    for _, _, s in conv_layers:
+        stride *= s
+    return stride
+
+
+def label_frames(num_samples: Union[int, np.ndarray], label_rate: float, sample_rate: int = 16000,
+                 conv_layers: Sequence[Sequence[int]] = WAV2VEC2_CONV_LAYERS):
+    """Expected number of frame labels for an utterance.
+
+    At the CNN rate (``label_rate * conv_stride == sample_rate``, 50 Hz) labels are one per CNN
+    frame; at other rates (e.g. 100 Hz MFCC labels) the count is what a 25 ms / 10 ms-style
+    framing at that rate produces, ``1 + (n - win) // hop`` with ``hop = sample_rate / label_rate``
+    and ``win = 2.5 * hop``.
+    """
+    hop = sample_rate / label_rate
+    if abs(hop - conv_stride(conv_layers)) < 1e-9:
+        return conv_frames(num_samples, conv_layers)
+    win = int(round(2.5 * hop))
+    hop_i = int(round(hop))
+    if isinstance(num_samples, np.ndarray):
+        return np.maximum(1 + (num_samples - win) // hop_i, 0)
+    return max(1 + (int(num_samples) - win) // hop_i, 0)
+
+
+def samples_to_label_index(sample_offset: Union[int, np.ndarray], label_rate: float,
+                           sample_rate: int = 16000):
+    """Label frame that starts at a sample offset (rounded, as fairseq's collater does)."""
+    return np.round(np.asarray(sample_offset) * label_rate / sample_rate).astype(np.int64)

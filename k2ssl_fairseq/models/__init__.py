@@ -1,0 +1,1 @@
+"""Registered fairseq components; each module registers itself on import."""

@@ -1,0 +1,1 @@
+"""Zipformer2 encoder blocks in plain PyTorch (no fairseq imports)."""
