@@ -1,0 +1,22 @@
+"""Session-wide fixtures: one tiny corpus and one stock-HuBERT checkpoint shared by all tests."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from k2ssl_fairseq.testing import hydra_train, make_tiny_corpus, stock_hubert_tiny_overrides
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 16-utterance learnable corpus (train 12, valid 4) with km and letter labels."""
+    return make_tiny_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="session")
+def stock_hubert_run(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Run directory of 4 updates of stock fairseq HuBERT (tiny) trained with the plugin loaded."""
+    run_dir = tmp_path_factory.mktemp("stock_hubert")
+    hydra_train(stock_hubert_tiny_overrides(tiny_corpus, max_update=4), run_dir)
+    return run_dir
