@@ -1,1 +1,6 @@
-"""Registered fairseq components; each module registers itself on import."""
+"""Registered fairseq models: ``zipformer_ssl`` and ``k2ssl_hubert``.
+
+Imported explicitly so that ``import k2ssl_fairseq`` registers them before Hydra composes a config
+(fairseq's ``common.user_dir`` import would find them too, but only after composition).
+"""
+from . import k2ssl_hubert, zipformer_ssl  # noqa: F401  (registration side effects)
