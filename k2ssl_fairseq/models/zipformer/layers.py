@@ -1,0 +1,279 @@
+"""Zipformer2 encoder layer and its feed-forward, convolution and bypass modules.
+
+All tensors are ``(frame, batch, channel)``. Padded frames (``padding_mask`` True) are never
+attended to and are zeroed before every depthwise convolution, so valid frames do not depend on
+what the batch is padded with.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .activations import ActivationDropoutLinear
+from .attention import NonlinAttention, RelPositionAttentionWeights, SelfAttention
+from .norms import BiasNorm
+from .regularizers import Balancer, Whiten, limit_param_value, whitening_schedule
+from .schedules import FloatLike, ScheduledFloat, scheduled
+
+
+def sequence_keep_mask(x: Tensor, drop_rate: float) -> Optional[Tensor]:
+    """Per-sequence 0/1 factor ``(batch, 1)`` that drops whole sequences with ``drop_rate``, or
+    None when nothing is dropped."""
+    if drop_rate == 0.0:
+        return None
+    return (torch.rand(x.shape[1], 1, device=x.device) >= drop_rate).to(x.dtype)
+
+
+def _apply_keep(x: Tensor, keep: Optional[Tensor]) -> Tensor:
+    return x if keep is None else x * keep
+
+
+class FeedforwardModule(nn.Module):
+    """``Linear -> SwooshL -> dropout (mask shared over time) -> Linear``.
+
+    Args:
+        embed_dim: input and output channels.
+        feedforward_dim: hidden channels.
+        dropout: hidden dropout rate (float or schedule).
+    """
+
+    def __init__(self, embed_dim: int, feedforward_dim: int, dropout: FloatLike) -> None:
+        super().__init__()
+        self.in_proj = nn.Linear(embed_dim, feedforward_dim)
+        self.hidden_balancer = Balancer(
+            feedforward_dim, channel_dim=-1, min_positive=0.3, max_positive=1.0, min_abs=0.75, max_abs=5.0
+        )
+        self.out_proj = ActivationDropoutLinear(
+            feedforward_dim, embed_dim, "swoosh_l", dropout=dropout, dropout_shared_dim=0, initial_scale=0.1
+        )
+        self.out_whiten = Whiten(
+            num_groups=1, whitening_limit=whitening_schedule(7.5), prob=(0.025, 0.25), grad_scale=0.01
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out_whiten(self.out_proj(self.hidden_balancer(self.in_proj(x))))
+
+
+class ConvolutionModule(nn.Module):
+    """``Linear -> GLU -> depthwise Conv1d -> SwooshR -> Linear`` over time.
+
+    Args:
+        channels: input, hidden and output channels.
+        kernel_size: odd depthwise kernel size ("same" padding).
+    """
+
+    def __init__(self, channels: int, kernel_size: int) -> None:
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError(f"cnn_module_kernel must be odd, got {kernel_size}")
+        self.channels = channels
+        self.in_proj = nn.Linear(channels, 2 * channels)
+        self.balancer1 = Balancer(
+            channels,
+            channel_dim=-1,
+            min_positive=ScheduledFloat((0.0, 0.05), (8000.0, 0.025)),
+            max_positive=1.0,
+            min_abs=1.5,
+            max_abs=ScheduledFloat((0.0, 5.0), (8000.0, 10.0), default=1.0),
+        )
+        self.depthwise_conv = nn.Conv1d(
+            channels, channels, kernel_size, padding=kernel_size // 2, groups=channels
+        )
+        self.balancer2 = Balancer(
+            channels,
+            channel_dim=1,
+            min_positive=ScheduledFloat((0.0, 0.1), (8000.0, 0.05)),
+            max_positive=1.0,
+            min_abs=ScheduledFloat((0.0, 0.2), (20000.0, 0.5)),
+            max_abs=10.0,
+        )
+        self.whiten = Whiten(
+            num_groups=1, whitening_limit=whitening_schedule(7.5), prob=(0.025, 0.25), grad_scale=0.01
+        )
+        self.out_proj = ActivationDropoutLinear(channels, channels, "swoosh_r", initial_scale=0.05)
+
+    def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
+        """Args: x: ``(frame, batch, channels)``; padding_mask: ``(batch, frame)`` or None.
+
+        Returns: ``(frame, batch, channels)``.
+        """
+        projected = self.in_proj(x)
+        gate_input = projected[..., self.channels :]
+        balanced = self.balancer1(gate_input)
+        if balanced is gate_input:
+            gated = F.glu(projected, dim=-1)  # fused; stores only its input
+        else:
+            gated = projected[..., : self.channels] * torch.sigmoid(balanced)
+        gated = gated.permute(1, 2, 0)  # (batch, channels, frame)
+        if padding_mask is not None:
+            gated = gated.masked_fill(padding_mask.unsqueeze(1), 0.0)
+        convolved = self.balancer2(self.depthwise_conv(gated))
+        return self.out_proj(self.whiten(convolved.permute(2, 0, 1)))
+
+
+class BypassModule(nn.Module):
+    """Learned per-channel interpolation ``orig + (x - orig) * bypass_scale``, with per-sequence
+    layer skipping (scale 0) in training.
+
+    In training ``bypass_scale`` is kept in ``[scale_min, scale_max]`` through its gradient
+    only (forward values are never clamped, as in k2SSL).
+
+    Args:
+        embed_dim: channels.
+        skip_rate: training-time probability of skipping the module for a sequence.
+        scale_min: lower limit of the scale (k2SSL: 0.9 -> 0.2 over 20000 batches).
+        scale_max: upper limit of the scale.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        skip_rate: FloatLike = 0.0,
+        scale_min: FloatLike = ScheduledFloat((0.0, 0.9), (20000.0, 0.2), default=0.0),
+        scale_max: FloatLike = 1.0,
+    ) -> None:
+        super().__init__()
+        self.bypass_scale = nn.Parameter(torch.full((embed_dim,), 0.5))
+        self.skip_rate = scheduled(skip_rate)
+        self.scale_min = scheduled(scale_min)
+        self.scale_max = scheduled(scale_max)
+
+    def forward(self, orig: Tensor, x: Tensor) -> Tensor:
+        """Args: orig, x: ``(frame, batch, channel)``. Returns: same shape."""
+        scale = self.bypass_scale
+        if self.training:
+            scale = limit_param_value(scale, float(self.scale_min), float(self.scale_max))
+            keep = sequence_keep_mask(x, float(self.skip_rate))
+            if keep is not None:
+                scale = scale * keep
+        return torch.lerp(orig, x, scale.to(x.dtype))
+
+
+class Zipformer2EncoderLayer(nn.Module):
+    """One Zipformer2 layer.
+
+    Order: attention weights (once) -> FF1 -> NonlinAttention -> SelfAttention1 -> Conv1 -> FF2
+    -> mid bypass -> SelfAttention2 -> Conv2 -> FF3 -> BiasNorm -> bypass. In training, the
+    attention modules, convolutions and FF2/FF3 are dropped per sequence with scheduled rates,
+    and the whole layer is skipped per sequence with ``layer_skip_rate``.
+
+    The parameter ``bypass_scale`` directly on the layer is never used: k2SSL creates it (marked
+    for removal) and its checkpoints contain it, so it is kept for ``strict=True`` loading and
+    exact parameter counts. k2SSL's "constant attention" branch is left out: in its SSL model it
+    is gated on eval mode, where its rate is 0, so it never runs.
+
+    Args:
+        embed_dim: channels.
+        pos_dim: size of the positional encodings.
+        num_heads: attention heads.
+        query_head_dim, pos_head_dim, value_head_dim: per-head sizes.
+        feedforward_dim: FF2 hidden size (FF1 uses 3/4 of it, FF3 5/4).
+        dropout: feed-forward hidden dropout (float or schedule).
+        cnn_module_kernel: depthwise kernel size of both convolution modules.
+        layer_skip_rate: training-time probability of skipping the whole layer for a sequence.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        pos_dim: int,
+        num_heads: int,
+        query_head_dim: int,
+        pos_head_dim: int,
+        value_head_dim: int,
+        feedforward_dim: int,
+        dropout: FloatLike,
+        cnn_module_kernel: int,
+        layer_skip_rate: FloatLike = 0.0,
+    ) -> None:
+        super().__init__()
+        self.bypass = BypassModule(embed_dim, skip_rate=layer_skip_rate)
+        self.bypass_mid = BypassModule(embed_dim)
+        self.attention_skip_rate = ScheduledFloat((0.0, 0.2), (4000.0, 0.05), (16000.0, 0.0))
+        self.conv_skip_rate = ScheduledFloat((0.0, 0.2), (4000.0, 0.05), (16000.0, 0.0))
+        self.ff2_skip_rate = ScheduledFloat((0.0, 0.1), (4000.0, 0.01), (50000.0, 0.0))
+        self.ff3_skip_rate = ScheduledFloat((0.0, 0.1), (4000.0, 0.01), (50000.0, 0.0))
+
+        self.self_attn_weights = RelPositionAttentionWeights(
+            embed_dim, pos_dim, num_heads, query_head_dim, pos_head_dim
+        )
+        self.self_attn1 = SelfAttention(embed_dim, num_heads, value_head_dim)
+        self.self_attn2 = SelfAttention(embed_dim, num_heads, value_head_dim)
+        self.feed_forward1 = FeedforwardModule(embed_dim, (feedforward_dim * 3) // 4, dropout)
+        self.feed_forward2 = FeedforwardModule(embed_dim, feedforward_dim, dropout)
+        self.feed_forward3 = FeedforwardModule(embed_dim, (feedforward_dim * 5) // 4, dropout)
+        self.nonlin_attention = NonlinAttention(embed_dim, hidden_channels=3 * embed_dim // 4)
+        self.conv_module1 = ConvolutionModule(embed_dim, cnn_module_kernel)
+        self.conv_module2 = ConvolutionModule(embed_dim, cnn_module_kernel)
+        self.bypass_scale = nn.Parameter(torch.full((embed_dim,), 0.5))  # unused, see docstring
+        self.norm = BiasNorm(embed_dim)
+
+        self.balancer1 = Balancer(
+            embed_dim, channel_dim=-1, min_positive=0.45, max_positive=0.55, min_abs=0.2, max_abs=4.0
+        )
+        self.balancer_na = Balancer(
+            embed_dim,
+            channel_dim=-1,
+            min_positive=0.3,
+            max_positive=0.7,
+            min_abs=ScheduledFloat((0.0, 0.004), (4000.0, 0.02)),
+            prob=0.05,
+        )
+        self.balancer_ff2 = Balancer(
+            embed_dim,
+            channel_dim=-1,
+            min_positive=0.3,
+            max_positive=0.7,
+            min_abs=ScheduledFloat((0.0, 0.0), (4000.0, 0.1)),
+            max_abs=2.0,
+            prob=0.05,
+        )
+        self.balancer_ff3 = Balancer(
+            embed_dim,
+            channel_dim=-1,
+            min_positive=0.3,
+            max_positive=0.7,
+            min_abs=ScheduledFloat((0.0, 0.0), (4000.0, 0.2)),
+            max_abs=4.0,
+            prob=0.05,
+        )
+        self.whiten = Whiten(
+            num_groups=1,
+            whitening_limit=whitening_schedule(4.0, ratio=3.0),
+            prob=(0.025, 0.25),
+            grad_scale=0.01,
+        )
+        self.balancer2 = Balancer(
+            embed_dim, channel_dim=-1, min_positive=0.45, max_positive=0.55, min_abs=0.1, max_abs=4.0
+        )
+
+    def _keep(self, x: Tensor, rate: ScheduledFloat) -> Optional[Tensor]:
+        return sequence_keep_mask(x, float(rate)) if self.training else None
+
+    def forward(self, x: Tensor, pos_emb: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
+        """Args:
+            x: ``(frame, batch, embed_dim)``.
+            pos_emb: ``(2 * frame - 1, pos_dim)``.
+            padding_mask: ``(batch, frame)`` bool, True for padding, or None.
+
+        Returns: ``(frame, batch, embed_dim)``.
+        """
+        orig = x
+        attn_weights = self.self_attn_weights(x, pos_emb, padding_mask)
+        x = x + self.feed_forward1(x)
+        attention_keep = self._keep(x, self.attention_skip_rate)
+        x = x + _apply_keep(self.balancer_na(self.nonlin_attention(x, attn_weights[0])), attention_keep)
+        x = x + _apply_keep(self.self_attn1(x, attn_weights), attention_keep)
+        x = x + _apply_keep(self.conv_module1(x, padding_mask), self._keep(x, self.conv_skip_rate))
+        x = x + _apply_keep(self.balancer_ff2(self.feed_forward2(x)), self._keep(x, self.ff2_skip_rate))
+        x = self.bypass_mid(orig, x)
+        x = x + _apply_keep(self.self_attn2(x, attn_weights), attention_keep)
+        x = x + _apply_keep(self.conv_module2(x, padding_mask), self._keep(x, self.conv_skip_rate))
+        x = x + _apply_keep(self.balancer_ff3(self.feed_forward3(x)), self._keep(x, self.ff3_skip_rate))
+        x = self.norm(self.balancer1(x))
+        x = self.bypass(orig, x)
+        return self.whiten(self.balancer2(x))
