@@ -1,0 +1,253 @@
+"""Stock fairseq ``hubert`` <-> ``k2ssl_hubert`` pre-training checkpoints.
+
+The two models share parameter names, shapes and order, so conversion never touches a tensor: the
+weights (and the optimizer state, whose order follows the parameters) are carried over as they are,
+and only the config is rewritten:
+
+* ``model._name`` becomes the target; ``model.logit_mode`` is added (``cosine``) or removed;
+* machine-specific paths are reset to fairseq's defaults, so the file works on another machine:
+  ``task.data`` (``.``: a relative placeholder; the real directory comes from the training yaml or
+  ``arg_overrides``; ``???`` would make fairseq's loader fail), ``task.label_dir``, ``common.user_dir``,
+  ``common.tensorboard_logdir``, ``checkpoint.save_dir``, ``checkpoint.restore_file``,
+  ``checkpoint.finetune_from_model``;
+* everything else (architecture, masking, label rate, sample rate, ``task.normalize``, labels, the
+  task and its dictionaries) is kept. The task stays what it was (stock ``hubert_pretraining``
+  loads both models); continued training picks its own task in its yaml.
+
+Before converting, the source is rebuilt from its own config and its weights are loaded strictly, so
+an unknown model, a config that does not describe the weights, or a ``k2ssl_hubert`` with the linear
+head (no stock equivalent) is refused with the file name and the reason. Fine-tuned ``hubert_ctc``
+checkpoints are refused for now: they point at their pre-training checkpoint through
+``model.w2v_path`` and cannot be loaded by stock fairseq at all (fairseq issue #4916). Convert that
+pre-training checkpoint instead, or fine-tune it with the plugin's ``k2ssl_ctc``
+(``model.pretrained_path``), which accepts stock ``hubert`` checkpoints directly.
+
+:func:`compare_models` is the ``--verify`` check: both models on the same random audio (eval,
+float32, the same pinned masks), max difference per layer output and of the losses.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Tuple
+from unittest import mock
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from fairseq import tasks
+from fairseq.models.hubert import hubert as stock_hubert
+from omegaconf import DictConfig, OmegaConf
+
+from .. import compat
+from ..data.masking import compute_span_mask
+from ..models.k2ssl_hubert import K2sslHubertModel
+
+STOCK_MODEL = "hubert"
+PLUGIN_MODEL = "k2ssl_hubert"
+
+#: Config keys that hold machine paths, and the fairseq default each is reset to.
+PORTABLE_DEFAULTS: Mapping[Tuple[str, str], Any] = {
+    ("task", "data"): ".",
+    ("task", "label_dir"): None,
+    ("common", "user_dir"): None,
+    ("common", "tensorboard_logdir"): None,
+    ("checkpoint", "save_dir"): "checkpoints",
+    ("checkpoint", "restore_file"): "checkpoint_last.pt",
+    ("checkpoint", "finetune_from_model"): None,
+}
+
+
+class CheckpointConversionError(ValueError):
+    """A checkpoint that cannot be converted; the message names the file and the problem."""
+
+
+def read_checkpoint(path: Path, trusted: bool = False) -> Dict[str, Any]:
+    """Load a fairseq checkpoint on any torch (through ``k2ssl_fairseq.compat``), cfg as a plain dict."""
+    try:
+        checkpoint = compat.load_checkpoint(path, trusted=trusted)
+    except (KeyError, AttributeError, TypeError) as err:  # fairseq's upgrade step on a foreign dict
+        raise CheckpointConversionError(
+            f"{path}: not a fairseq checkpoint (fairseq's loader failed: {type(err).__name__}: {err})") from None
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint or checkpoint.get("cfg") is None:
+        raise CheckpointConversionError(f"{path}: not a fairseq checkpoint (needs 'cfg' and 'model' entries)")
+    if isinstance(checkpoint["cfg"], DictConfig):
+        checkpoint["cfg"] = OmegaConf.to_container(checkpoint["cfg"], resolve=True, enum_to_str=True)
+    return checkpoint
+
+
+def model_name(checkpoint: Mapping[str, Any], name: str) -> str:
+    """The checkpoint's ``model._name``, refusing anything this module cannot convert."""
+    model_cfg = checkpoint["cfg"].get("model") or {}
+    found = model_cfg.get("_name")
+    if found == "hubert_ctc":
+        raise CheckpointConversionError(
+            f"{name}: fine-tuned hubert_ctc checkpoints are not converted yet (they load their "
+            f"pre-training checkpoint from model.w2v_path; convert that one, or fine-tune it with "
+            f"k2ssl_ctc's model.pretrained_path)")
+    if found not in (STOCK_MODEL, PLUGIN_MODEL):
+        raise CheckpointConversionError(
+            f"{name}: model._name is {found!r}; only {STOCK_MODEL!r} and {PLUGIN_MODEL!r} "
+            f"pre-training checkpoints can be converted")
+    return found
+
+
+def build_model(checkpoint: Mapping[str, Any], name: str) -> torch.nn.Module:
+    """Rebuild a checkpoint's model from its own config and load its weights strictly.
+
+    Raises:
+        CheckpointConversionError: the weights are not what the config describes (missing,
+            unexpected or differently shaped tensors), or the task state has no dictionaries.
+    """
+    cfg = OmegaConf.create(checkpoint["cfg"])
+    task = tasks.setup_task(cfg.task, from_checkpoint=True)
+    if "task_state" not in checkpoint:
+        raise CheckpointConversionError(f"{name}: no task_state (label dictionaries) in the checkpoint")
+    task.load_state_dict(checkpoint["task_state"])
+    try:
+        model = task.build_model(cfg.model, from_checkpoint=True)
+    except (ValueError, FileNotFoundError) as err:
+        raise CheckpointConversionError(f"{name}: cannot build model {cfg.model._name!r} from its config: {err}")
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in checkpoint["model"].items()}
+    problems = [f"missing {k}" for k in expected if k not in found]
+    problems += [f"unexpected {k}" for k in found if k not in expected]
+    problems += [f"{k} has shape {found[k]}, config says {expected[k]}"
+                 for k in expected if k in found and found[k] != expected[k]]
+    if problems:
+        shown = "; ".join(problems[:8]) + (f"; ... {len(problems) - 8} more" if len(problems) > 8 else "")
+        raise CheckpointConversionError(
+            f"{name}: weights do not match the config's model ({cfg.model._name}): {shown}")
+    model.load_state_dict(checkpoint["model"], strict=True)
+    return model
+
+
+def rewrite_config(cfg: Mapping[str, Any], target: str) -> Tuple[Dict[str, Any], List[str]]:
+    """The target's config and the dotted names of the machine paths that were reset."""
+    cfg = copy.deepcopy(dict(cfg))
+    model_cfg = cfg["model"]
+    model_cfg["_name"] = target
+    if target == STOCK_MODEL:
+        model_cfg.pop("logit_mode", None)
+    else:
+        model_cfg.setdefault("logit_mode", "cosine")
+    dropped = []
+    for (section, key), default in PORTABLE_DEFAULTS.items():
+        group = cfg.get(section)
+        if isinstance(group, dict) and key in group and group[key] != default:
+            group[key] = default
+            dropped.append(f"{section}.{key}")
+    return cfg, dropped
+
+
+def convert_checkpoint(checkpoint: Mapping[str, Any], target: str, name: str
+                       ) -> Tuple[Dict[str, Any], List[str]]:
+    """Convert a loaded pre-training checkpoint to ``target`` (``hubert`` or ``k2ssl_hubert``).
+
+    Args:
+        checkpoint: as returned by :func:`read_checkpoint`.
+        target: model name to convert to.
+        name: how to refer to the checkpoint in errors (its file name).
+
+    Returns:
+        (the converted checkpoint sharing the source's tensors, the config keys that were reset).
+
+    Raises:
+        CheckpointConversionError: unknown or inconsistent source, or nothing to convert.
+    """
+    if target not in (STOCK_MODEL, PLUGIN_MODEL):
+        raise CheckpointConversionError(f"{name}: unknown target {target!r}; use {STOCK_MODEL!r} or {PLUGIN_MODEL!r}")
+    source = model_name(checkpoint, name)
+    if source == target:
+        raise CheckpointConversionError(f"{name}: already a {target!r} checkpoint")
+    logit_mode = checkpoint["cfg"]["model"].get("logit_mode", "cosine")
+    if target == STOCK_MODEL and logit_mode != "cosine":
+        raise CheckpointConversionError(
+            f"{name}: k2ssl_hubert with logit_mode={logit_mode!r} has no stock equivalent "
+            f"(stock HuBERT only has the cosine head)")
+    build_model(checkpoint, name)
+    cfg, dropped = rewrite_config(checkpoint["cfg"], target)
+    converted = dict(checkpoint)
+    converted["cfg"] = cfg
+    converted["model"] = dict(checkpoint["model"])
+    converted["extra_state"] = {
+        **(checkpoint.get("extra_state") or {}),
+        "k2ssl_migration": {"source": Path(name).name, "from": source, "to": target, "reset": dropped},
+    }
+    return converted, dropped
+
+
+def migrate_checkpoint(source: Path, destination: Path, target: str, trusted: bool = False
+                       ) -> Tuple[Dict[str, Any], List[str]]:
+    """Read, convert and write a checkpoint; returns what :func:`convert_checkpoint` returns."""
+    if Path(source).resolve() == Path(destination).resolve():
+        raise CheckpointConversionError(f"{source}: refusing to overwrite the source checkpoint")
+    converted, dropped = convert_checkpoint(read_checkpoint(source, trusted), target, str(source))
+    Path(destination).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(converted, destination)
+    return converted, dropped
+
+
+@contextlib.contextmanager
+def pinned_stock_masks(mask: np.ndarray) -> Iterator[None]:
+    """Make stock ``HubertModel`` use ``mask`` (``(batch, frame)`` bool) instead of drawing one."""
+    with mock.patch.object(stock_hubert, "compute_mask_indices", lambda *args, **kwargs: mask):
+        yield
+
+
+def masked_forward(model: torch.nn.Module, audio: torch.Tensor, targets: List[torch.Tensor],
+                    mask: np.ndarray) -> Dict[str, Any]:
+    padding = torch.zeros(audio.shape, dtype=torch.bool)
+    if isinstance(model, K2sslHubertModel):
+        return model(audio, target_list=targets, padding_mask=padding, mask_indices=torch.from_numpy(mask))
+    with pinned_stock_masks(mask):
+        return model(audio, target_list=targets, padding_mask=padding)
+
+
+def prediction_losses(model: torch.nn.Module, net_output: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
+    """Summed cross-entropies of masked and unmasked frames (as the ``hubert`` criterion) and the
+    feature penalty."""
+    losses = {}
+    for kind, is_masked in (("loss_m", True), ("loss_u", False)):
+        pairs = zip(model.get_logits(net_output, is_masked), model.get_targets(net_output, is_masked))
+        losses[kind] = sum(F.cross_entropy(logits, target, reduction="sum") for logits, target in pairs)
+    losses["features_pen"] = net_output["features_pen"]
+    return losses
+
+
+def compare_models(reference: torch.nn.Module, candidate: torch.nn.Module, seconds: float = 2.0,
+                   batch: int = 2, seed: int = 0, sample_rate: int = 16000,
+                   mask_prob: float = 0.8, mask_length: int = 10) -> Dict[str, Tuple[float, float]]:
+    """Run two HuBERT-family models on the same random audio and masks (eval, float32).
+
+    Returns:
+        For each layer output (``layer_1`` ... ``layer_L``), the CNN features and each loss:
+        ``(max |diff|, max |diff| / max |reference|)``.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    audio = torch.randn(batch, int(seconds * sample_rate), generator=generator)
+    reference, candidate = reference.float().eval(), candidate.float().eval()
+    report = {}
+
+    def record(key: str, ref: torch.Tensor, cand: torch.Tensor) -> None:
+        diff = (ref.double() - cand.double()).abs().max().item()
+        report[key] = (diff, diff / max(ref.double().abs().max().item(), 1e-30))
+
+    with torch.no_grad():
+        padding = torch.zeros(audio.shape, dtype=torch.bool)
+        for layer in range(1, len(reference.encoder.layers) + 1):
+            ref, _ = reference.extract_features(audio, padding, output_layer=layer)
+            cand, _ = candidate.extract_features(audio, padding, output_layer=layer)
+            record(f"layer_{layer}", ref, cand)
+        record("features", reference.extract_features(audio, padding, ret_conv=True)[0],
+               candidate.extract_features(audio, padding, ret_conv=True)[0])
+        frames = reference.forward_features(audio).size(2)
+        rng = np.random.default_rng(seed)
+        mask = compute_span_mask(np.full(batch, frames), frames, mask_prob, mask_length, rng)
+        targets = [torch.from_numpy(rng.integers(4, classes, (batch, frames))) for classes in reference.num_classes]
+        ref_losses = prediction_losses(reference, masked_forward(reference, audio, targets, mask))
+        cand_losses = prediction_losses(candidate, masked_forward(candidate, audio, targets, mask))
+        for key in ref_losses:
+            record(key, ref_losses[key], cand_losses[key])
+    return report

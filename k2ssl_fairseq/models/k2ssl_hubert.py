@@ -1,0 +1,336 @@
+"""``k2ssl_hubert``: fairseq's HuBERT network, cheaper to train, with interchangeable state dicts.
+
+The network, parameter names and shapes are stock ``hubert``'s (the stock constructor builds it), so
+checkpoints convert both ways without touching a tensor (``k2ssl_fairseq/conversion/hubert.py``) and
+existing yamls switch by setting ``model._name: k2ssl_hubert``. What changes is how it computes:
+
+* **cosine logits** (``logit_mode: cosine``, default): stock HuBERT expands every label embedding
+  against every frame into a ``(1+V, S, final_dim)`` tensor before taking cosine similarities. Here
+  the same ``(S, 1+V)`` logits (positive in column 0, copies of the positive among the negatives set
+  to ``-inf``, float32) come from one product of normalised matrices, so loss, gradients and the
+  stock ``hubert`` criterion's accuracy are unchanged while the memory is ``O(S·V)``;
+* **linear logits** (``logit_mode: linear``): k2SSL's head ``Linear(D, sum(num_classes)) /
+  logit_temp`` with cross-entropy on the real classes; ``get_targets`` returns those classes
+  (dictionary indices: k-means id ``k`` is ``k + 4``). Its ``final_proj`` has another shape and there
+  are no label embeddings, so only cosine mode converts to stock ``hubert``;
+* **attention** runs through ``F.scaled_dot_product_attention`` in ``(batch, head, time, head_dim)``
+  layout with a boolean key-padding mask (no mask at all for unpadded batches, which lets the flash
+  kernel run); the projections are the stock ``encoder.layers.{i}.self_attn.{q,k,v,out}_proj``;
+* **masks** come from ``net_input["mask_indices"]`` when the data path provides them; otherwise they
+  are drawn with the package's vectorised span masking (``data/masking.py``, stock ``static``
+  distribution) instead of fairseq's per-utterance NumPy loop;
+* **padding masks are frame-exact**: frame ``t`` of a row is padding iff ``t >=
+  conv_frames(valid samples)``. Stock ``forward_padding_mask`` cuts the sample mask into ``T``
+  equal chunks and can be off by one frame for padded rows; on unpadded or equal-length batches the
+  two agree.
+"""
+
+import copy
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from fairseq.data.dictionary import Dictionary
+from fairseq.dataclass import ChoiceEnum
+from fairseq.models import register_model
+from fairseq.models.hubert.hubert import HubertConfig, HubertModel
+from fairseq.modules.multihead_attention import MultiheadAttention
+from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
+from torch import nn
+
+from ..data.frames import conv_frames
+from ..data.masking import span_mask_tensor
+
+LOGIT_MODE_CHOICES = ChoiceEnum(["cosine", "linear"])
+
+#: ``torch.cosine_similarity``'s default: each vector norm is clamped to at least this.
+COSINE_EPS = 1e-8
+
+
+@dataclass
+class K2sslHubertConfig(HubertConfig):
+    logit_mode: LOGIT_MODE_CHOICES = field(
+        default="cosine",
+        metadata={"help": "cosine: stock HuBERT logits (cosine similarity to label embeddings, "
+                          "computed as a normalised matrix product); linear: k2SSL's "
+                          "Linear(D, num_classes)/logit_temp head with cross-entropy on the classes"},
+    )
+
+
+class SdpaSelfAttention(nn.Module):
+    """Self-attention with fairseq ``MultiheadAttention``'s parameters, computed by SDPA.
+
+    Same Linear modules (``q_proj``, ``k_proj``, ``v_proj``, ``out_proj``) and the same call signature
+    as the module it replaces inside ``TransformerSentenceEncoderLayer``, so state dicts and callers
+    are unchanged.
+    """
+
+    def __init__(self, q_proj: nn.Linear, k_proj: nn.Linear, v_proj: nn.Linear, out_proj: nn.Linear,
+                 num_heads: int, dropout: float) -> None:
+        super().__init__()
+        if q_proj.out_features % num_heads:
+            raise ValueError(f"embed dim {q_proj.out_features} is not divisible by {num_heads} heads")
+        # Registered in fairseq's order (k, v, q, out): state dicts and optimizer states, which follow
+        # parameter order, stay interchangeable with stock checkpoints.
+        self.k_proj, self.v_proj, self.q_proj, self.out_proj = k_proj, v_proj, q_proj, out_proj
+        self.num_heads = num_heads
+        self.dropout = dropout
+
+    @classmethod
+    def adopt(cls, attention: MultiheadAttention) -> "SdpaSelfAttention":
+        """Take over a fairseq self-attention module's projections (no copy, no new parameters)."""
+        if not attention.self_attention or attention.bias_k is not None or attention.add_zero_attn:
+            raise ValueError("only plain fairseq self-attention (no bias_kv, no zero_attn) can use SDPA")
+        return cls(attention.q_proj, attention.k_proj, attention.v_proj, attention.out_proj,
+                   attention.num_heads, attention.dropout_module.p)
+
+    def forward(self, query: torch.Tensor, key: Optional[torch.Tensor] = None,
+                value: Optional[torch.Tensor] = None, key_padding_mask: Optional[torch.Tensor] = None,
+                need_weights: bool = False, attn_mask: Optional[torch.Tensor] = None
+                ) -> Tuple[torch.Tensor, None]:
+        """Attend over the sequence.
+
+        Args:
+            query: ``(time, batch, embed)``; ``key`` and ``value`` must be None or ``query`` itself.
+            key_padding_mask: ``(batch, time)`` bool, True = padding; None = nothing padded.
+            need_weights: must be False (SDPA never materialises the weights).
+            attn_mask: must be None (HuBERT's encoder never passes one).
+
+        Returns:
+            ``((time, batch, embed), None)``, like fairseq's module with ``need_weights=False``.
+        """
+        if any(t is not None and t is not query for t in (key, value)):
+            raise ValueError("SdpaSelfAttention is self-attention only: key and value must be the query")
+        if need_weights or attn_mask is not None:
+            raise ValueError("SdpaSelfAttention supports neither need_weights nor attn_mask")
+        time, batch, embed = query.shape
+        head_dim = embed // self.num_heads
+
+        def heads(proj: nn.Linear) -> torch.Tensor:
+            # (time, batch, embed) -> (batch, head, time, head_dim)
+            return proj(query).view(time, batch, self.num_heads, head_dim).permute(1, 2, 0, 3)
+
+        keep = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(heads(self.q_proj), heads(self.k_proj), heads(self.v_proj),
+                                             attn_mask=keep,
+                                             dropout_p=self.dropout if self.training else 0.0)
+        out = out.permute(2, 0, 1, 3).reshape(time, batch, embed)
+        return self.out_proj(out), None
+
+
+def _linear_head_config(cfg: K2sslHubertConfig, num_classes: Sequence[int]) -> K2sslHubertConfig:
+    """The config under which the stock constructor builds k2SSL's linear head as ``final_proj``."""
+    head_cfg = copy.deepcopy(cfg)
+    head_cfg.final_dim = sum(num_classes)
+    head_cfg.untie_final_proj = False
+    return head_cfg
+
+
+def _check_supported(cfg: K2sslHubertConfig) -> None:
+    problems = []
+    if cfg.layer_type != "transformer":
+        problems.append(f"layer_type={cfg.layer_type!r} (only 'transformer' has an SDPA encoder)")
+    for name in ("mask_selection", "mask_channel_selection"):
+        if str(getattr(cfg, name)) != "static":
+            problems.append(f"{name}={getattr(cfg, name)!r} (the vectorised masking draws 'static' spans)")
+    for name in ("no_mask_overlap", "no_mask_channel_overlap"):
+        if getattr(cfg, name):
+            problems.append(f"{name}=true (the vectorised masking lets spans overlap)")
+    if str(cfg.logit_mode) == "linear" and cfg.target_glu:
+        problems.append("target_glu=true with logit_mode=linear (there are no label embeddings)")
+    if problems:
+        raise ValueError("k2ssl_hubert does not support: " + "; ".join(problems))
+
+
+@register_model("k2ssl_hubert", dataclass=K2sslHubertConfig)
+class K2sslHubertModel(HubertModel):
+    """Stock HuBERT with SDPA attention, cheap exact cosine logits or a linear head (module doc)."""
+
+    def __init__(self, cfg: K2sslHubertConfig, task_cfg: HubertPretrainingConfig,
+                 dictionaries: List[Optional[Dictionary]]) -> None:
+        _check_supported(cfg)
+        self.logit_mode = str(cfg.logit_mode)
+        if self.logit_mode == "linear":
+            if any(d is None for d in dictionaries):
+                raise ValueError("logit_mode=linear needs the label dictionaries to size its head")
+            num_classes = [len(d) for d in dictionaries]
+            # The stock constructor's dictionary-less branch builds no label embeddings; with a tied
+            # final_dim of sum(num_classes) its final_proj is exactly the linear head.
+            super().__init__(_linear_head_config(cfg, num_classes), task_cfg, [None] * len(dictionaries))
+            self.num_classes = num_classes
+        else:
+            super().__init__(cfg, task_cfg, dictionaries)
+        self.conv_layers = tuple((block[0].out_channels, block[0].kernel_size[0], block[0].stride[0])
+                                 for block in self.feature_extractor.conv_layers)
+        for layer in self.encoder.layers:
+            layer.self_attn = SdpaSelfAttention.adopt(layer.self_attn)
+
+    @classmethod
+    def build_model(cls, cfg: K2sslHubertConfig, task) -> "K2sslHubertModel":
+        """Build from a HuBERT-style pre-training task (``cfg.sample_rate`` and ``dictionaries``)."""
+        return cls(cfg, task.cfg, task.dictionaries)
+
+    def frame_padding_mask(self, padding_mask: Optional[torch.Tensor], num_frames: int
+                           ) -> Optional[torch.Tensor]:
+        """Frame-level padding from a sample-level one.
+
+        Args:
+            padding_mask: ``(batch, sample)`` bool, True = padding, or None (nothing padded).
+            num_frames: ``T``, frames the CNN produced (after any trimming to the labels).
+
+        Returns:
+            ``(batch, T)`` bool, True where ``t >= conv_frames(valid samples)``; None if given None.
+        """
+        if padding_mask is None:
+            return None
+        valid = conv_frames((~padding_mask).sum(1), self.conv_layers).clamp(max=num_frames)
+        return torch.arange(num_frames, device=padding_mask.device)[None, :] >= valid[:, None]
+
+    def time_mask(self, mask_indices: Optional[torch.Tensor], padding_mask: Optional[torch.Tensor],
+                  batch: int, num_frames: int, device: torch.device) -> Optional[torch.Tensor]:
+        """The ``(batch, T)`` bool mask to apply: the data path's, else a fresh span mask, else None."""
+        if mask_indices is not None:
+            if mask_indices.dim() != 2 or mask_indices.size(0) != batch or mask_indices.size(1) < num_frames:
+                raise ValueError(f"mask_indices has shape {tuple(mask_indices.shape)}; expected "
+                                 f"({batch}, >= {num_frames}) for this batch")
+            return mask_indices[:, :num_frames].to(device=device, dtype=torch.bool)
+        if self.mask_prob <= 0:
+            return None
+        return span_mask_tensor(padding_mask, batch, num_frames, self.mask_prob, self.mask_length,
+                                min_masks=2).to(device)
+
+    def apply_masks(self, x: torch.Tensor, time_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """Replace masked frames by ``mask_emb`` and zero masked channels (stock semantics).
+
+        Args:
+            x: ``(batch, frame, embed)`` encoder input.
+            time_mask: ``(batch, frame)`` bool or None.
+        """
+        if time_mask is not None:
+            x = torch.where(time_mask[..., None], self.mask_emb.to(x.dtype), x)
+        if self.mask_channel_prob > 0:
+            channel_mask = span_mask_tensor(None, x.size(0), x.size(2), self.mask_channel_prob,
+                                            self.mask_channel_length, min_masks=0).to(x.device)
+            x = x.masked_fill(channel_mask[:, None, :], 0.0)
+        return x
+
+    def forward(
+        self,
+        source: torch.Tensor,
+        target_list: Optional[List[torch.Tensor]] = None,
+        padding_mask: Optional[torch.Tensor] = None,
+        mask: bool = True,
+        features_only: bool = False,
+        output_layer: Optional[int] = None,
+        mask_indices: Optional[torch.Tensor] = None,
+    ) -> Dict[str, object]:
+        """Stock ``HubertModel.forward`` contract, plus the data path's ``mask_indices``.
+
+        Args:
+            source: ``(batch, sample)`` float audio.
+            target_list: per label set ``(batch, label_frame)`` int64 dictionary indices.
+            padding_mask: ``(batch, sample)`` bool, True = padding; None = nothing padded.
+            mask: apply masking (from ``mask_indices`` if given, else drawn here).
+            features_only: return ``{"x", "padding_mask", "features"}`` only (stock schema).
+            output_layer: 1-based layer to stop after; None = full encoder.
+            mask_indices: ``(batch, >= frame)`` bool masks from the data path.
+
+        Returns:
+            With ``features_only`` the stock feature dict; otherwise ``logit_m_list``/``logit_u_list``
+            (per label set ``(frames, classes)`` or None), ``target_m_list``/``target_u_list`` (what
+            ``get_targets`` returns), frame ``padding_mask`` and ``features_pen``.
+        """
+        features = self.forward_features(source)
+        if target_list is not None:
+            features, target_list = self.forward_targets(features, target_list)
+        features_pen = features.float().pow(2).mean()
+        features = self.layer_norm(features.transpose(1, 2))
+        batch, num_frames, _ = features.shape
+        frame_padding = self.frame_padding_mask(padding_mask, num_frames)
+        if self.post_extract_proj is not None:
+            features = self.post_extract_proj(features)
+        features = self.dropout_input(features)
+
+        masked = self.time_mask(mask_indices, frame_padding, batch, num_frames, features.device) if mask else None
+        x = self.apply_masks(features, masked) if mask else features
+        encoder_padding = frame_padding if frame_padding is not None and frame_padding.any() else None
+        encoded, _ = self.encoder(x, padding_mask=encoder_padding,
+                                  layer=None if output_layer is None else output_layer - 1)
+        if features_only:
+            return {"x": encoded, "padding_mask": frame_padding, "features": x}
+        if target_list is None:
+            raise ValueError("target_list is required unless features_only=True")
+
+        valid = (torch.ones(batch, num_frames, dtype=torch.bool, device=encoded.device)
+                 if frame_padding is None else ~frame_padding)
+        masked = torch.zeros_like(valid) if masked is None else masked
+        logit_m_list, target_m_list = self.predictions(encoded, valid & masked, target_list, self.skip_masked)
+        logit_u_list, target_u_list = self.predictions(encoded, valid & ~masked, target_list, self.skip_nomask)
+        return {
+            "logit_m_list": logit_m_list,
+            "logit_u_list": logit_u_list,
+            "target_m_list": target_m_list,
+            "target_u_list": target_u_list,
+            "padding_mask": frame_padding,
+            "features_pen": features_pen,
+        }
+
+    def predictions(self, encoded: torch.Tensor, selected: torch.Tensor, target_list: List[torch.Tensor],
+                    skip: bool) -> Tuple[List[Optional[torch.Tensor]], List[Optional[torch.Tensor]]]:
+        """Logits and targets of the selected frames, one pair per label set.
+
+        Args:
+            encoded: ``(batch, frame, embed)`` encoder output.
+            selected: ``(batch, frame)`` bool, the frames to predict.
+            target_list: per label set ``(batch, frame)`` dictionary indices.
+            skip: return Nones (stock ``skip_masked``/``skip_nomask``).
+
+        Returns:
+            (logits, targets) lists; cosine: ``(S, 1+V)`` logits with target 0, linear: ``(S, V)``
+            logits with the dictionary indices as targets.
+        """
+        if skip:
+            return [None] * len(target_list), [None] * len(target_list)
+        projected = self.final_proj(encoded[selected])
+        targets = [t[selected].long() for t in target_list]
+        if self.logit_mode == "linear":
+            logits = [chunk / self.logit_temp for chunk in projected.split(self.num_classes, dim=-1)]
+            return logits, targets
+        if self.untie_final_proj:
+            chunks = projected.chunk(len(target_list), dim=-1)
+        else:
+            chunks = [projected] * len(target_list)
+        embeddings = self.label_embs_concat.split(self.num_classes, 0)
+        logits = [self.cosine_logits(chunk, target, embs)
+                  for chunk, target, embs in zip(chunks, targets, embeddings)]
+        return logits, [t.new_zeros(t.shape) for t in targets]
+
+    def cosine_logits(self, projected: torch.Tensor, target: torch.Tensor, label_embs: torch.Tensor
+                      ) -> torch.Tensor:
+        """Stock HuBERT's cosine logits without the ``(1+V, S, D)`` expansion.
+
+        Args:
+            projected: ``(S, final_dim)`` projected frames.
+            target: ``(S,)`` dictionary index of each frame's label.
+            label_embs: ``(V, final_dim)`` embeddings of this label set.
+
+        Returns:
+            ``(S, 1+V)`` float32: column 0 the positive's similarity, column ``1+j`` label ``j``'s,
+            with every label whose (glu'd) embedding equals the positive's set to ``-inf``; all
+            divided by ``logit_temp``.
+        """
+        with torch.autocast(device_type=projected.device.type, enabled=False):
+            embs = label_embs.float() if self.target_glu is None else self.target_glu(label_embs.float())
+            similarity = (F.normalize(projected.float(), dim=-1, eps=COSINE_EPS)
+                          @ F.normalize(embs, dim=-1, eps=COSINE_EPS).t()) / self.logit_temp
+            positive = similarity.gather(1, target[:, None])
+            with torch.no_grad():
+                _, embedding_class = torch.unique(embs.detach(), dim=0, return_inverse=True)
+                is_positive = embedding_class[None, :] == embedding_class[target][:, None]
+            return torch.cat([positive, similarity.masked_fill(is_positive, float("-inf"))], dim=1)
+
+    def get_targets(self, net_output: Dict[str, object], is_masked: bool = True) -> List[torch.Tensor]:
+        """Targets matching ``get_logits``: zeros in cosine mode, dictionary indices in linear mode."""
+        targets = net_output["target_m_list" if is_masked else "target_u_list"]
+        return [t for t in targets if t is not None]
