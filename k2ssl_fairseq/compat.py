@@ -127,6 +127,22 @@ def _full_unpickling_in(module: Any) -> Iterator[None]:
             module.torch = original
 
 
+@contextlib.contextmanager
+def _explained_load_errors(path: os.PathLike) -> Iterator[None]:
+    """Turn the restricted loader's refusals and unreadable files into errors that name the file."""
+    try:
+        yield
+    except (UntrustedCheckpointError, CheckpointReadError, FileNotFoundError):
+        raise
+    except pickle.UnpicklingError as err:
+        raise _refusal(path, err) from None
+    except Exception as err:
+        unreadable = _unreadable(path, err)
+        if unreadable is None:
+            raise
+        raise unreadable from None
+
+
 def _guard(load_fn: Callable[..., Any], module: Any) -> Callable[..., Any]:
     """Wrap a fairseq loader: restricted unpickling, clear refusal, per-file trusted opt-in."""
 
@@ -134,17 +150,8 @@ def _guard(load_fn: Callable[..., Any], module: Any) -> Callable[..., Any]:
         if is_trusted(path):
             with _full_unpickling_in(module):
                 return load_fn(path, *args, **kwargs)
-        try:
+        with _explained_load_errors(path):
             return load_fn(path, *args, **kwargs)
-        except (UntrustedCheckpointError, CheckpointReadError, FileNotFoundError):
-            raise
-        except pickle.UnpicklingError as err:
-            raise _refusal(path, err) from None
-        except Exception as err:
-            unreadable = _unreadable(path, err)
-            if unreadable is None:
-                raise
-            raise unreadable from None
 
     guarded.__wrapped__ = load_fn
     guarded.__doc__ = load_fn.__doc__
@@ -170,16 +177,8 @@ def load_torch_file(path: os.PathLike, trusted: bool = False,
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if trusted or is_trusted(path):
         return torch.load(str(path), map_location="cpu", weights_only=False)
-    try:
-        with torch.serialization.safe_globals(list(extra_globals)):
-            return torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise _refusal(path, err) from None
-    except Exception as err:
-        unreadable = _unreadable(path, err)
-        if unreadable is None:
-            raise
-        raise unreadable from None
+    with _explained_load_errors(path), torch.serialization.safe_globals(list(extra_globals)):
+        return torch.load(str(path), map_location="cpu", weights_only=True)
 
 
 def _install_loader_guard() -> None:
