@@ -24,6 +24,7 @@ from ..data.bucketing import BatchingSettings
 from ..data.dataset import BucketedAudioDataset, LabelSettings, MaskSettings
 from ..data.frames import WAV2VEC2_CONV_LAYERS
 from ..data.index import IndexSettings, LabelSource, build_index
+from ..optim.param_names import tag_parameter_names
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +101,10 @@ class K2sslPretrainingTask(HubertPretrainingTask):
             quadratic_duration=self.cfg.quadratic_duration)
 
     def build_model(self, cfg: Any, from_checkpoint: bool = False) -> torch.nn.Module:
-        """Build the model and decide who masks: this task, if the model takes ``mask_indices``."""
+        """Build the model, name its parameters for ScaledAdam's diagnostics, and decide who masks:
+        this task, if the model takes ``mask_indices``."""
         model = super().build_model(cfg, from_checkpoint)
+        tag_parameter_names(model)
         takes_masks = "mask_indices" in inspect.signature(model.forward).parameters
         if self.cfg.fine_tuning or not self.cfg.precompute_masks or not takes_masks:
             self.mask_settings = None
