@@ -1,0 +1,283 @@
+"""icefall k2SSL checkpoints ↔ fairseq ``zipformer_ssl`` checkpoints.
+
+icefall (``egs/librispeech/SSL/zipformer/pretrain.py``) saves ``{"model": state_dict, "model_avg":
+state_dict, "optimizer": ..., ...}`` with the training hyper-parameters stored next to them at the top
+level (``encoder_dim = "192,256,448,768,448,192"``, ``num_encoder_layers``, ``conv_feature_layers``, ...).
+The import reads the architecture from those keys (or from a preset when they are absent), builds
+the ``zipformer_ssl`` config, checks every key and shape against a freshly built model, and writes
+a fairseq checkpoint (``cfg``, ``model``, ``optimizer_history``, ``extra_state``, ``task_state`` with
+the label Dictionary) that ``checkpoint_utils.load_model_ensemble_and_task`` loads.
+
+Two mappings besides the identical parameter names:
+
+* classes: icefall's head row ``k`` scores k-means id ``k`` (504 rows for 500 clusters, the last 4
+  unused); fairseq's label Dictionary puts id ``k`` at index ``k + 4`` after its 4 special symbols.
+  The head rows are therefore rolled by 4 on import (row ``j`` = icefall row ``(j - 4) mod C``) and
+  back on export, and the Dictionary written on import lists ids ``0 .. C-5`` in order;
+* parameters the original creates but never uses (each layer's stray ``bypass_scale``,
+  ``encoder.downsample_output.bias``): when the plugin's encoder does not have them, the import drops
+  them and keeps their values in ``extra_state["icefall_unused"]`` so that the export restores them
+  exactly (a checkpoint never imported gets icefall's initial values, 0.5 and 0).
+"""
+from __future__ import annotations
+
+import ast
+import re
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from fairseq.data import Dictionary
+from fairseq.dataclass.configs import FairseqConfig
+from omegaconf import OmegaConf
+
+from ..models.zipformer_ssl import ZipformerSslConfig, ZipformerSslModel
+
+NUM_SPECIAL_SYMBOLS = 4
+UNUSED_BYPASS_INIT = 0.5
+
+_PER_STACK_KEYS = ("num_encoder_layers", "downsampling_factor", "encoder_dim", "feedforward_dim",
+                   "num_heads", "encoder_unmasked_dim", "cnn_module_kernel")
+_HEAD_DIM_KEYS = ("query_head_dim", "value_head_dim", "pos_head_dim")
+_SCALAR_KEYS = {"pos_dim": int, "extractor_mode": str, "conv_bias": bool, "feature_grad_mult": float,
+                "dropout_input": float, "mask_prob": float, "mask_length": int, "logit_temp": float,
+                "label_rate": float, "sample_rate": int}
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint's keys or shapes do not fit the architecture it describes."""
+
+
+def parse_int_list(value: Any, key: str) -> List[int]:
+    """icefall's ``"192,256,448"`` strings (or already-parsed ints/lists) → ``[192, 256, 448]``."""
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [int(v) for v in value]
+    try:
+        return [int(v) for v in str(value).split(",")]
+    except ValueError:
+        raise CheckpointMismatchError(f"hyper-parameter {key}={value!r} is not a comma-separated list of ints") from None
+
+
+def parse_conv_feature_layers(spec: str) -> List[Tuple[int, int, int]]:
+    """``"[(512,10,5)] + [(512,3,2)] * 4"`` → list of (channels, kernel, stride), without ``eval``.
+
+    The string is a sum of list literals, each optionally repeated with ``* n``.
+    """
+    layers: List[Tuple[int, int, int]] = []
+    for term in spec.split("+"):
+        match = re.fullmatch(r"\s*(\[.*\])\s*(?:\*\s*(\d+))?\s*", term)
+        if match is None:
+            raise CheckpointMismatchError(f"conv_feature_layers: cannot parse {term.strip()!r} in {spec!r}")
+        try:
+            items = ast.literal_eval(match.group(1))
+        except (ValueError, SyntaxError):
+            raise CheckpointMismatchError(f"conv_feature_layers: {match.group(1)!r} is not a list literal") from None
+        if not all(isinstance(t, tuple) and len(t) == 3 for t in items):
+            raise CheckpointMismatchError(f"conv_feature_layers: {match.group(1)!r} is not a list of (dim, kernel, stride)")
+        layers.extend([tuple(int(v) for v in t) for t in items] * int(match.group(2) or 1))
+    return layers
+
+
+def format_conv_feature_layers(channels: Sequence[int], kernels: Sequence[int], strides: Sequence[int]) -> str:
+    """The inverse of :func:`parse_conv_feature_layers`, one list literal."""
+    return "[" + ", ".join(f"({c}, {k}, {s})" for c, k, s in zip(channels, kernels, strides)) + "]"
+
+
+def model_config_from_hparams(hparams: Mapping[str, Any], preset: Optional[Mapping[str, Any]] = None
+                              ) -> ZipformerSslConfig:
+    """Build the ``zipformer_ssl`` config from icefall's top-level hyper-parameters.
+
+    Args:
+        hparams: the icefall checkpoint (its top-level keys); keys it lacks come from ``preset``.
+        preset: ``model`` section of a preset yaml (``--preset base|large``), or None.
+
+    Returns:
+        The model config (``label_rate``/``sample_rate`` default to 50 / 16000).
+    """
+    values: Dict[str, Any] = {"label_rate": 50.0, "sample_rate": 16000}
+    if preset is not None:
+        values.update({k: v for k, v in preset.items() if k != "_name"})
+    for key in _PER_STACK_KEYS:
+        if key in hparams:
+            values[key] = parse_int_list(hparams[key], key)
+    for key in _HEAD_DIM_KEYS:
+        if key in hparams:
+            dims = set(parse_int_list(hparams[key], key))
+            if len(dims) != 1:
+                raise CheckpointMismatchError(f"{key}={hparams[key]!r}: per-stack head dims are not supported, "
+                                              "zipformer_ssl takes one value")
+            values[key] = dims.pop()
+    for key, kind in _SCALAR_KEYS.items():
+        if key in hparams:
+            values[key] = kind(hparams[key])
+    if "conv_feature_layers" in hparams:
+        layers = parse_conv_feature_layers(str(hparams["conv_feature_layers"]))
+        values["conv_channels"], values["conv_kernels"], values["conv_strides"] = (list(v) for v in zip(*layers))
+    missing = [k for k in _PER_STACK_KEYS if k not in values]
+    if missing:
+        raise CheckpointMismatchError(f"the checkpoint has no {', '.join(missing)} and no preset was given "
+                                      "(use --preset base|large)")
+    lengths = {k: len(values[k]) for k in _PER_STACK_KEYS}
+    if len(set(lengths.values())) != 1:
+        raise CheckpointMismatchError(f"per-stack hyper-parameters disagree on the number of stacks: {lengths}")
+    return OmegaConf.structured(ZipformerSslConfig(**values))
+
+
+def icefall_only_parameters(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The parameters icefall's model has but never uses, with icefall's initial values, for a plugin
+    state dict that lacks them: ``...layers.N.bypass_scale`` next to each ``...layers.N.bypass.bypass_scale``,
+    and ``encoder.downsample_output.bias``."""
+    extra: Dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if key.endswith(".bypass.bypass_scale"):
+            stray = key[: -len(".bypass.bypass_scale")] + ".bypass_scale"
+            if stray not in state_dict:
+                extra[stray] = torch.full_like(value, UNUSED_BYPASS_INIT)
+    if any(k.startswith("encoder.") for k in state_dict) and "encoder.downsample_output.bias" not in state_dict:
+        extra["encoder.downsample_output.bias"] = torch.zeros(1)
+    return extra
+
+
+def _check_against_model(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], source: str) -> None:
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    wrong = [f"{k}: {tuple(state[k].shape)} in the checkpoint, {tuple(expected[k].shape)} expected"
+             for k in expected if k in state and state[k].shape != expected[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys (first: {missing[:5]})")
+    if extra:
+        problems.append(f"{len(extra)} unexpected keys (first: {extra[:5]})")
+    if wrong:
+        problems.append(f"{len(wrong)} shape mismatches (first: {wrong[:5]})")
+    if problems:
+        raise CheckpointMismatchError(f"{source} does not match the zipformer_ssl architecture it describes: "
+                                      + "; ".join(problems))
+
+
+def _primitive(value: Any) -> Any:
+    """Hyper-parameter values as plain Python data (paths and other objects as strings)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_primitive(v) for v in value]
+    return str(value)
+
+
+def label_dictionary(num_classes: int) -> Dictionary:
+    """A fairseq Dictionary whose k-means id ``k`` (symbol ``str(k)``) has index ``k + 4``."""
+    if num_classes <= NUM_SPECIAL_SYMBOLS:
+        raise CheckpointMismatchError(f"the head has {num_classes} classes; at least {NUM_SPECIAL_SYMBOLS + 1} needed")
+    dictionary = Dictionary()
+    for cluster in range(num_classes - NUM_SPECIAL_SYMBOLS):
+        dictionary.add_symbol(str(cluster))
+    return dictionary
+
+
+def fairseq_config(model_cfg: ZipformerSslConfig, label: str = "km") -> Dict[str, Any]:
+    """A complete fairseq config (defaults everywhere) for the model, task ``hubert_pretraining`` and
+    criterion ``k2ssl_masked_prediction``, as the plain dict checkpoints store."""
+    cfg = OmegaConf.structured(FairseqConfig)
+    model = OmegaConf.to_container(model_cfg, resolve=True, enum_to_str=True)
+    model["_name"] = "zipformer_ssl"
+    cfg.model = model
+    cfg.task = {"_name": "hubert_pretraining", "data": "", "labels": [label], "label_rate": model["label_rate"],
+                "sample_rate": model["sample_rate"]}
+    cfg.criterion = {"_name": "k2ssl_masked_prediction", "pred_masked_weight": 1.0, "pred_nomask_weight": 0.0,
+                     "loss_weights": [10.0], "log_keys": []}
+    return OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
+
+
+def import_icefall_checkpoint(checkpoint: Mapping[str, Any], use_averaged_model: bool = False,
+                              preset: Optional[Mapping[str, Any]] = None, source: str = "checkpoint"
+                              ) -> Dict[str, Any]:
+    """icefall k2SSL checkpoint → fairseq checkpoint dict for ``zipformer_ssl``.
+
+    Args:
+        checkpoint: the loaded icefall file.
+        use_averaged_model: read ``model_avg`` instead of ``model``.
+        preset: ``model`` section of a preset yaml for hyper-parameters the checkpoint lacks.
+        source: name used in error messages (the file path).
+
+    Returns:
+        A dict to ``torch.save``; ``load_model_ensemble_and_task`` loads it once the plugin is imported.
+
+    Raises:
+        CheckpointMismatchError: missing state dict, unknown/missing keys or wrong shapes.
+    """
+    state_key = "model_avg" if use_averaged_model else "model"
+    if state_key not in checkpoint:
+        raise CheckpointMismatchError(f"{source} has no '{state_key}' entry (top-level keys: {sorted(checkpoint)[:20]})")
+    state = {k: v.detach().float() for k, v in checkpoint[state_key].items()}
+    if "final_proj.weight" not in state:
+        raise CheckpointMismatchError(f"{source}: '{state_key}' has no final_proj.weight, so it is not a k2SSL model")
+    model_cfg = model_config_from_hparams(checkpoint, preset)
+    num_classes = state["final_proj.weight"].shape[0]
+    expected = ZipformerSslModel(model_cfg, [num_classes]).state_dict()
+
+    stray = icefall_only_parameters(expected)
+    unused = {k: state.pop(k) for k in list(state) if k in stray}
+    _check_against_model(state, expected, f"{source} ['{state_key}']")
+    for key in ("final_proj.weight", "final_proj.bias"):
+        state[key] = torch.roll(state[key], NUM_SPECIAL_SYMBOLS, dims=0)
+
+    hparams = {k: _primitive(v) for k, v in checkpoint.items() if not isinstance(v, Mapping) and not torch.is_tensor(v)}
+    num_updates = int(hparams.get("batch_idx_train", 0) or 0)
+    return {
+        "args": None,
+        "cfg": fairseq_config(model_cfg),
+        "model": state,
+        "criterion": None,
+        "optimizer_history": [{"criterion_name": "MaskedPredictionCriterion", "optimizer_name": "icefall",
+                               "lr_scheduler_state": {"best": None}, "num_updates": num_updates}],
+        "task_state": {"dictionaries": [label_dictionary(num_classes)]},
+        "extra_state": {"icefall_unused": unused, "icefall_hparams": hparams, "icefall_state": state_key},
+        "last_optimizer_state": None,
+    }
+
+
+def export_icefall_checkpoint(checkpoint: Mapping[str, Any], source: str = "checkpoint") -> Dict[str, Any]:
+    """fairseq ``zipformer_ssl`` checkpoint → icefall k2SSL checkpoint (``{"model": ..., hyper-parameters}``).
+
+    The model state goes under ``model`` (and under the key it came from on import, e.g. ``model_avg``);
+    unused icefall parameters are restored; the architecture hyper-parameters are written as icefall
+    strings, over any hyper-parameters kept from an earlier import.
+
+    Raises:
+        CheckpointMismatchError: not a ``zipformer_ssl`` checkpoint, or keys/shapes do not match its config.
+    """
+    cfg = checkpoint.get("cfg") or {}
+    model_section = dict(cfg.get("model") or {})
+    if model_section.get("_name") != "zipformer_ssl":
+        raise CheckpointMismatchError(f"{source} is not a zipformer_ssl checkpoint (model._name="
+                                      f"{model_section.get('_name')!r})")
+    model_section.pop("_name")
+    task = cfg.get("task") or {}
+    for key, fallback in (("label_rate", 50.0), ("sample_rate", 16000)):
+        if not isinstance(model_section.get(key), (int, float)):
+            model_section[key] = task.get(key, fallback)
+    model_cfg = OmegaConf.structured(ZipformerSslConfig(**model_section))
+    state = {k: v.detach().float() for k, v in checkpoint["model"].items()}
+    num_classes = state["final_proj.weight"].shape[0]
+    _check_against_model(state, ZipformerSslModel(model_cfg, [num_classes]).state_dict(), source)
+    for key in ("final_proj.weight", "final_proj.bias"):
+        state[key] = torch.roll(state[key], -NUM_SPECIAL_SYMBOLS, dims=0)
+
+    extra_state = checkpoint.get("extra_state") or {}
+    restored = icefall_only_parameters(state)
+    restored.update({k: v for k, v in (extra_state.get("icefall_unused") or {}).items() if k in restored})
+    state.update(restored)
+
+    out: Dict[str, Any] = dict(extra_state.get("icefall_hparams") or {})
+    out.update({key: ",".join(str(v) for v in model_cfg[key]) for key in _PER_STACK_KEYS})
+    out.update({key: str(model_cfg[key]) for key in _HEAD_DIM_KEYS})
+    out.update({key: kind(model_cfg[key]) for key, kind in _SCALAR_KEYS.items()})
+    out["conv_feature_layers"] = format_conv_feature_layers(model_cfg.conv_channels, model_cfg.conv_kernels,
+                                                            model_cfg.conv_strides)
+    out["num_classes"] = [num_classes]
+    out["model"] = state
+    state_key = extra_state.get("icefall_state", "model")
+    if state_key != "model":
+        out[state_key] = state
+    return out

@@ -1,0 +1,41 @@
+#!/usr/bin/env python
+"""Write a fairseq ``zipformer_ssl`` checkpoint as an icefall k2SSL checkpoint.
+
+Example:
+    python scripts/export_icefall_checkpoint.py checkpoints/checkpoint_last.pt epoch-0.pt
+
+The output holds ``model`` (the state dict with icefall's head-row order and its unused parameters
+restored) and the architecture hyper-parameters as icefall's top-level strings, so icefall's
+fine-tuning scripts can load it with ``--pretrained-dir``.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+import k2ssl_fairseq  # noqa: F401  (the loading fix)
+from k2ssl_fairseq import compat
+from k2ssl_fairseq.conversion.icefall import CheckpointMismatchError, export_icefall_checkpoint
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("input", type=Path, help="fairseq zipformer_ssl checkpoint (.pt)")
+    parser.add_argument("output", type=Path, help="icefall checkpoint to write")
+    parser.add_argument("--trusted-checkpoint", action="store_true",
+                        help="the input may hold arbitrary pickled objects; load it fully")
+    args = parser.parse_args()
+
+    checkpoint = compat.load_checkpoint(args.input, trusted=args.trusted_checkpoint)
+    try:
+        converted = export_icefall_checkpoint(checkpoint, source=str(args.input))
+    except CheckpointMismatchError as err:
+        sys.exit(f"error: {err}")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(converted, args.output)
+    print(f"wrote {args.output}: {len(converted['model'])} tensors")
+
+
+if __name__ == "__main__":
+    main()

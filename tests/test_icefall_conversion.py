@@ -1,0 +1,95 @@
+"""icefall k2SSL checkpoint → fairseq → icefall, on a synthetic checkpoint made of the golden weights."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fairseq import checkpoint_utils
+
+import k2ssl_fairseq  # noqa: F401
+from k2ssl_fairseq.conversion.icefall import (CheckpointMismatchError, import_icefall_checkpoint,
+                                              parse_conv_feature_layers)
+
+GOLDEN = Path("/work/shared/golden")
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def golden():
+    return np.load(GOLDEN / "zipformer_ssl_tiny_case1.npz")
+
+
+@pytest.fixture(scope="module")
+def icefall_checkpoint(golden) -> dict:
+    """What icefall's save_checkpoint writes: state dicts plus the params namespace at the top level."""
+    state = {k[len("param/"):]: torch.from_numpy(golden[k].copy()) for k in golden.files if k.startswith("param/")}
+    hparams = json.loads((GOLDEN / "zipformer_ssl_tiny_case1.json").read_text())["config"]
+    return {"model": state, "model_avg": {k: v * 0.5 for k, v in state.items()}, "optimizer": {"state": {}},
+            "batch_idx_train": 1234, "exp_dir": Path("/exp/zipformer"), **hparams}
+
+
+def run_script(name: str, *args: str) -> None:
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / name), *args], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_round_trip_through_fairseq_loader(tmp_path, golden, icefall_checkpoint):
+    icefall_path, fairseq_path, back_path = tmp_path / "icefall.pt", tmp_path / "fairseq.pt", tmp_path / "back.pt"
+    torch.save(icefall_checkpoint, icefall_path)
+    run_script("import_icefall_checkpoint.py", str(icefall_path), str(fairseq_path), "--trusted-checkpoint")
+
+    (model,), cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(fairseq_path)])
+    assert cfg.model._name == "zipformer_ssl" and len(task.dictionaries[0]) == 24
+    assert task.dictionaries[0].index("0") == 4 and task.dictionaries[0].index("19") == 23
+    wav = torch.from_numpy(golden["input/wav"])
+    with torch.no_grad():
+        encoded, _ = model.eval().extract_features(wav)
+        logits = model.final_proj(encoded) / model.cfg.logit_temp
+    reference = torch.roll(torch.from_numpy(golden["out/logits"]), 4, dims=-1)  # k-means id k → class k + 4
+    assert float((logits - reference).abs().max() / reference.abs().max()) <= 1e-4
+
+    run_script("export_icefall_checkpoint.py", str(fairseq_path), str(back_path))
+    back = torch.load(back_path, weights_only=False)
+    assert back["model"].keys() == icefall_checkpoint["model"].keys()
+    assert all(torch.equal(back["model"][k], v) for k, v in icefall_checkpoint["model"].items())
+    for key in ("encoder_dim", "num_encoder_layers", "feedforward_dim", "downsampling_factor", "num_heads",
+                "encoder_unmasked_dim", "cnn_module_kernel", "query_head_dim", "pos_dim", "batch_idx_train"):
+        assert str(back[key]) == str(icefall_checkpoint[key]), key
+    assert parse_conv_feature_layers(back["conv_feature_layers"]) == parse_conv_feature_layers(
+        icefall_checkpoint["conv_feature_layers"])
+
+
+def test_averaged_model_is_selectable(icefall_checkpoint):
+    converted = import_icefall_checkpoint(icefall_checkpoint, use_averaged_model=True)
+    key = "post_extract_proj.weight"
+    assert torch.equal(converted["model"][key], icefall_checkpoint["model"][key] * 0.5)
+    assert converted["optimizer_history"][-1]["num_updates"] == 1234
+
+
+def test_mismatches_are_refused_with_the_offending_keys(icefall_checkpoint):
+    missing = dict(icefall_checkpoint, model={k: v for k, v in icefall_checkpoint["model"].items() if k != "mask_emb"})
+    with pytest.raises(CheckpointMismatchError, match=r"1 missing keys.*mask_emb"):
+        import_icefall_checkpoint(missing, source="x.pt")
+    extra = dict(icefall_checkpoint, model={**icefall_checkpoint["model"], "encoder.extra.weight": torch.zeros(2)})
+    with pytest.raises(CheckpointMismatchError, match=r"unexpected keys.*encoder\.extra\.weight"):
+        import_icefall_checkpoint(extra)
+    wrong_dims = dict(icefall_checkpoint, encoder_dim="32,48,64,48,48,40")
+    with pytest.raises(CheckpointMismatchError, match="shape mismatches"):
+        import_icefall_checkpoint(wrong_dims)
+    without_hparams = {"model": icefall_checkpoint["model"]}
+    with pytest.raises(CheckpointMismatchError, match="--preset"):
+        import_icefall_checkpoint(without_hparams)
+    with pytest.raises(CheckpointMismatchError, match="no 'model_avg'"):
+        import_icefall_checkpoint({"model": icefall_checkpoint["model"]}, use_averaged_model=True, source="y.pt")
+
+
+def test_conv_feature_layers_parsed_without_eval():
+    assert parse_conv_feature_layers("[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2") == (
+        [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2)
+    with pytest.raises(CheckpointMismatchError, match="cannot parse"):
+        parse_conv_feature_layers("__import__('os')")
