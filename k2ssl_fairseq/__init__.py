@@ -6,9 +6,10 @@ Registered names: models ``zipformer_ssl``, ``k2ssl_hubert``, ``k2ssl_ctc``; tas
 ``k2ssl_pretraining``, ``k2ssl_finetuning``; criterion ``k2ssl_masked_prediction``; optimizer
 ``scaled_adam``; LR scheduler ``eden``.
 """
-from . import compat
+from . import compat, reliability
 
 compat.apply()
+reliability.apply()
 
 from . import criterions, models, optim, tasks  # noqa: E402,F401  (registration side effects)
 

@@ -2,8 +2,8 @@
 
 Importing the plugin before Hydra composes the config registers the plugin's dataclasses in Hydra's
 ConfigStore, so group selection (``model=zipformer_ssl``) and plugin keys without a ``+`` prefix
-work. Under ``torchrun`` it also sets each process's device from ``LOCAL_RANK``, which fairseq
-leaves at 0.
+work. Under ``torchrun`` it also passes each process's rank, world size and device (from
+``LOCAL_RANK``) to fairseq, which otherwise guesses the device and fails on CPU-only machines.
 Everything else is fairseq's ``cli_main`` unchanged.
 """
 from __future__ import annotations
@@ -14,14 +14,22 @@ from typing import List, Mapping
 
 
 def torchrun_overrides(environ: Mapping[str, str] = os.environ) -> List[str]:
-    """The one override fairseq needs under torchrun: the device from ``LOCAL_RANK``.
+    """What fairseq needs under torchrun: this process's rank, world size and device, env:// init.
 
-    fairseq already reads torchrun's ``MASTER_ADDR``/``MASTER_PORT``/``WORLD_SIZE``/``RANK`` (and then
-    does not spawn), but leaves ``device_id`` at 0, so every process would use GPU 0.
+    Left to itself, fairseq reads torchrun's ``WORLD_SIZE``/``RANK`` but derives the device as
+    ``RANK % cuda.device_count()`` (wrong on unequal nodes, a ZeroDivisionError on CPU-only
+    machines) and ignores ``LOCAL_RANK``. Passing everything explicitly makes fairseq skip its
+    guessing; ``MASTER_ADDR``/``MASTER_PORT`` reach ``env://`` initialisation unchanged.
     """
     if "LOCAL_RANK" not in environ:
         return []
-    return [f"distributed_training.device_id={int(environ['LOCAL_RANK'])}"]
+    return [
+        "distributed_training.distributed_init_method=env://",
+        f"distributed_training.distributed_world_size={int(environ['WORLD_SIZE'])}",
+        f"distributed_training.distributed_rank={int(environ['RANK'])}",
+        f"distributed_training.device_id={int(environ['LOCAL_RANK'])}",
+        "distributed_training.distributed_no_spawn=true",
+    ]
 
 
 def hydra_train() -> None:

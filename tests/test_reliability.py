@@ -1,0 +1,166 @@
+"""Reliability patches inside a real fairseq Trainer: non-finite updates are skipped, and a crash
+while a checkpoint is written never damages ``checkpoint_last.pt``."""
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import pytest
+import torch
+from fairseq import checkpoint_utils, tasks, utils
+from fairseq.dataclass.initialize import add_defaults, hydra_init
+from fairseq.dataclass.utils import omegaconf_no_object_check
+from fairseq.trainer import Trainer
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf, open_dict
+
+import k2ssl_fairseq
+from k2ssl_fairseq import compat, reliability
+from k2ssl_fairseq.testing import PLUGIN_DIR
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "config" / "pretrain"
+
+
+def compose_config(config_name: str, overrides: Sequence[str]):
+    """The config ``fairseq-hydra-train --config-dir config/pretrain --config-name <name>`` would run."""
+    hydra_init(config_name)
+    with initialize_config_dir(config_dir=str(PRESET_DIR), version_base="1.1"):
+        cfg = compose(config_name, overrides=list(overrides))
+    GlobalHydra.instance().clear()
+    add_defaults(cfg)
+    with omegaconf_no_object_check():
+        cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def trainer_and_batches(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A zipformer_tiny Trainer on the bucketed task, and the first epoch's batches."""
+    save_dir = tmp_path_factory.mktemp("reliability_ckpt")
+    cfg = compose_config("zipformer_tiny", [
+        f"task.data={tiny_corpus}", f"task.label_dir={tiny_corpus}", "task.max_duration=2.0",
+        f"checkpoint.save_dir={save_dir}", f"common.user_dir={PLUGIN_DIR}",
+        "hydra.run.dir=unused"])
+    utils.import_user_module(cfg.common)
+    task = tasks.setup_task(cfg.task)
+    task.load_dataset("train")
+    trainer = Trainer(cfg, task, task.build_model(cfg.model), task.build_criterion(cfg.criterion))
+    epoch_itr = trainer.get_train_iterator(epoch=1, load_dataset=False)
+    batches = list(epoch_itr.next_epoch_itr(shuffle=False))
+    assert len(batches) >= 3, "the tiny corpus must give at least three batches"
+    return trainer, epoch_itr, batches
+
+
+def snapshot(module: torch.nn.Module) -> Dict[str, torch.Tensor]:
+    return {name: value.detach().clone() for name, value in module.state_dict().items()}
+
+
+def nan_batch(batch: Dict) -> Dict:
+    poisoned = dict(batch, net_input=dict(batch["net_input"]))
+    poisoned["net_input"]["source"] = batch["net_input"]["source"].clone()
+    poisoned["net_input"]["source"][0, :400] = float("nan")
+    return poisoned
+
+
+def optimizer_state_tensors(trainer: Trainer) -> List[torch.Tensor]:
+    state = trainer.optimizer.state_dict()["state"]
+    return [value.clone() for entry in state.values() for value in entry.values() if torch.is_tensor(value)]
+
+
+def test_plugin_import_installs_the_patches():
+    assert k2ssl_fairseq.reliability is reliability
+    assert hasattr(checkpoint_utils.torch_persistent_save, "__wrapped__")
+    assert hasattr(Trainer.train_step, "__wrapped__") and hasattr(Trainer.clip_grad_norm, "__wrapped__")
+
+
+def test_nonfinite_loss_skips_the_update_and_counts_it(trainer_and_batches, caplog):
+    trainer, _, batches = trainer_and_batches
+    model = trainer.get_model()
+    before_first = snapshot(model)
+    assert trainer.train_step([batches[0]]) is not None
+    updates = trainer.get_num_updates()
+    after_first = snapshot(model)
+    assert any(not torch.equal(before_first[k], after_first[k]) for k in after_first), "a good batch must train"
+    moments = optimizer_state_tensors(trainer)
+    skips_before = reliability.nonfinite_skips(trainer)
+
+    with caplog.at_level(logging.WARNING, logger="k2ssl_fairseq.reliability"):
+        assert trainer.train_step([nan_batch(batches[1])]) is None
+
+    assert reliability.nonfinite_skips(trainer) == skips_before + 1
+    assert trainer.get_num_updates() == updates
+    assert "update skipped" in caplog.text and f"at update {updates + 1}" in caplog.text
+    after_skip = snapshot(model)
+    assert all(torch.equal(after_first[k], after_skip[k]) for k in after_skip), "skipped update changed weights"
+    assert all(torch.equal(a, b) for a, b in zip(moments, optimizer_state_tensors(trainer)))
+    assert all(p.grad is None or not p.grad.any() for p in model.parameters())
+
+    assert trainer.train_step([batches[2]]) is not None, "training continues after a skipped update"
+    assert trainer.get_num_updates() == updates + 1
+    assert all(torch.isfinite(v).all() for v in snapshot(model).values() if v.is_floating_point())
+
+
+def test_a_diverged_run_still_fails(trainer_and_batches, monkeypatch):
+    trainer, _, batches = trainer_and_batches
+    monkeypatch.setenv(reliability.MAX_SKIPS_ENV, "1")
+    assert trainer.train_step([nan_batch(batches[0])]) is None
+    with pytest.raises(FloatingPointError, match="2 consecutive updates had non-finite gradients"):
+        trainer.train_step([nan_batch(batches[1])])
+    trainer.zero_grad()
+    monkeypatch.setenv(reliability.MAX_SKIPS_ENV, "many")
+    with pytest.raises(ValueError, match=reliability.MAX_SKIPS_ENV):
+        reliability.max_consecutive_skips()
+
+
+def crash_halfway(payload, handle, *args, **kwargs):
+    """Stands in for ``torch.save(obj, f)`` / ``shutil.copyfileobj(src, dst)``: writes a few bytes,
+    then dies like a full disk or a killed process."""
+    handle.write(b"PK\x03\x04 partial checkpoint")
+    raise OSError("simulated crash during checkpoint write")
+
+
+@pytest.mark.parametrize("crash_in", ["torch_save", "copy"])
+def test_crash_during_save_keeps_the_previous_checkpoint_last(trainer_and_batches, monkeypatch, crash_in):
+    """``torch_save``: checkpoint_last.pt is written directly; ``copy``: fairseq writes the epoch
+    checkpoint (the fixture's iterator is at the end of epoch 1) and copies it onto checkpoint_last.pt."""
+    trainer, epoch_itr, batches = trainer_and_batches
+    cfg = trainer.cfg.checkpoint
+    with open_dict(cfg):
+        cfg.no_epoch_checkpoints = crash_in != "copy"
+    last = Path(cfg.save_dir) / "checkpoint_last.pt"
+    trainer.train_step([batches[0]])
+    checkpoint_utils.save_checkpoint(cfg, trainer, epoch_itr, None)
+    saved_updates = trainer.get_num_updates()
+    assert compat.load_checkpoint(last)["optimizer_history"][-1]["num_updates"] == saved_updates
+
+    trainer.train_step([batches[1]])
+    if crash_in == "copy":
+        monkeypatch.setattr(shutil, "copyfileobj", crash_halfway)
+    else:
+        monkeypatch.setattr(torch, "save", crash_halfway)
+    with pytest.raises(OSError, match="simulated crash"):
+        checkpoint_utils.save_checkpoint(cfg, trainer, epoch_itr, None)
+    monkeypatch.undo()
+
+    state = compat.load_checkpoint(last)
+    assert state["optimizer_history"][-1]["num_updates"] == saved_updates
+    assert set(state["model"]) == set(trainer.get_model().state_dict())
+    assert not list(Path(cfg.save_dir).glob("*.tmp")), "a failed write must not leave temporary files"
+
+
+def test_atomic_copy_and_save_replace_the_destination(tmp_path: Path):
+    source = tmp_path / "new.pt"
+    reliability.atomic_torch_save({"value": torch.arange(3)}, str(source))
+    destination = tmp_path / "checkpoint_last.pt"
+    destination.write_bytes(b"old")
+    reliability.atomic_copy(str(source), str(destination))
+    assert destination.read_bytes() == source.read_bytes()
+    assert torch.equal(torch.load(destination, weights_only=True)["value"], torch.arange(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_last.pt", "new.pt"]
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"")
+    assert destination.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777, "permissions of a normal write"
