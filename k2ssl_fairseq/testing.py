@@ -166,3 +166,11 @@ def hydra_train(
         tail = (proc.stdout + proc.stderr)[-6000:]
         raise RuntimeError(f"fairseq-hydra-train failed ({proc.returncode}):\n{' '.join(cmd)}\n{tail}")
     return proc
+
+
+def golden_dir() -> Path:
+    """The reference outputs of the original k2SSL implementation: ``shared/golden`` beside the repo.
+
+    ``K2SSL_GOLDEN_DIR`` overrides the location.
+    """
+    return Path(os.environ.get("K2SSL_GOLDEN_DIR", PLUGIN_DIR.parent.parent / "shared" / "golden"))

@@ -14,8 +14,9 @@ from fairseq import checkpoint_utils
 import k2ssl_fairseq  # noqa: F401
 from k2ssl_fairseq.conversion.icefall import (CheckpointMismatchError, import_icefall_checkpoint,
                                               parse_conv_feature_layers)
+from k2ssl_fairseq.testing import golden_dir
 
-GOLDEN = Path("/work/shared/golden")
+GOLDEN = golden_dir()
 REPO = Path(__file__).resolve().parent.parent
 
 

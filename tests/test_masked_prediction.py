@@ -16,8 +16,9 @@ from k2ssl_fairseq.conversion.icefall import model_config_from_hparams
 from k2ssl_fairseq.criterions.masked_prediction import MaskedPredictionCriterion, count_correct
 from k2ssl_fairseq.data.frames import conv_frames
 from k2ssl_fairseq.models.zipformer_ssl import ZipformerSslModel
+from k2ssl_fairseq.testing import golden_dir
 
-GOLDEN_JSON = Path("/work/shared/golden/zipformer_ssl_tiny_case1.json")
+GOLDEN_JSON = golden_dir() / "zipformer_ssl_tiny_case1.json"
 TASK = SimpleNamespace()
 
 

@@ -13,8 +13,9 @@ from fairseq.optim.lr_scheduler import build_lr_scheduler
 from omegaconf import OmegaConf
 
 from k2ssl_fairseq.optim import EdenSchedule, tag_parameter_names
+from k2ssl_fairseq.testing import golden_dir
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
+GOLDEN = golden_dir()
 
 
 def fairseq_cfg(optimizer=None, lr_scheduler=None, common=None, optimization=None):

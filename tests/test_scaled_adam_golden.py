@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from k2ssl_fairseq.optim import EdenSchedule, ScaledAdam
+from k2ssl_fairseq.testing import golden_dir
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
+GOLDEN = golden_dir()
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,9 @@ import torch
 
 from k2ssl_fairseq.models.zipformer import ScheduledFloat, Zipformer2, set_batch_count
 from k2ssl_fairseq.models.zipformer.regularizers import Balancer, Whiten
+from k2ssl_fairseq.testing import golden_dir
 
-GOLDEN = Path("/work/shared/golden")
+GOLDEN = golden_dir()
 TINY_JSON = GOLDEN / "zipformer_ssl_tiny_case1.json"
 TINY_NPZ = GOLDEN / "zipformer_ssl_tiny_case1.npz"
 PREFIX = "encoder."

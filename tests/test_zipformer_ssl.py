@@ -13,8 +13,9 @@ import k2ssl_fairseq  # noqa: F401
 from k2ssl_fairseq.conversion.icefall import model_config_from_hparams
 from k2ssl_fairseq.data.frames import conv_frames
 from k2ssl_fairseq.models.zipformer_ssl import ZipformerSslConfig, ZipformerSslModel
+from k2ssl_fairseq.testing import golden_dir
 
-GOLDEN = Path("/work/shared/golden")
+GOLDEN = golden_dir()
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config" / "pretrain"
 TOLERANCE = 1e-4  # max |diff| / max |ref|, issue B's acceptance bound
 
