@@ -212,6 +212,21 @@ def test_decode_failure_mid_training_names_file(corpus: Path):
         dataset[np.array([0, 0, 8000, 0, 1])]
 
 
+def test_decode_failure_mid_training_is_skipped_with_skip_invalid(corpus: Path, caplog):
+    index = _index(corpus)
+    dataset = BucketedAudioDataset(index, BatchingSettings(max_duration=10.0), LabelSettings((1,), 50.0),
+                                   skip_unreadable=True)
+    (corpus / "wav" / "train_0003.wav").write_bytes(b"corrupted after start-up")
+    rows = [np.array([u, 0, 8000, 0, 1]) for u in (2, 3, 4)]
+    with caplog.at_level(logging.WARNING):
+        batch = dataset.collater([dataset[row] for row in rows])
+    assert "train.tsv:5" in caplog.text and "train_0003.wav" in caplog.text
+    assert batch["id"].tolist() == [2, 4]
+    assert batch["net_input"]["source"].shape == (2, 8000)
+    assert batch["audio_stats"]["skipped_utterances"] == 1
+    assert dataset.collater([dataset[rows[1]]]) == {}
+
+
 def test_skipped_manifest_line_keeps_labels_aligned(corpus: Path):
     lines = _lines(corpus / "train.tsv")
     lines[2] = "wav/train_0001.wav"  # data line 1 loses its sample count

@@ -7,6 +7,7 @@ from (seed, epoch, batch index), so masks are reproducible and cost the GPU noth
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -19,6 +20,8 @@ from .bucketing import BatchingSettings, EpochPlan, plan_epoch
 from .frames import WAV2VEC2_CONV_LAYERS, conv_frames, samples_to_label_index
 from .index import SplitIndex
 from .masking import compute_span_mask, mask_rng
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -63,10 +66,12 @@ class BucketedAudioDataset(FairseqDataset):
             builds the iterator).
         normalize: zero-mean unit-variance per window (HuBERT ``normalize``; computed on the window
             read, not on the whole file).
+        skip_unreadable: a file that fails to decode during training is named in a warning and left
+            out of its batch (the task's ``skip_invalid`` policy) instead of stopping the run.
     """
 
     def __init__(self, index: SplitIndex, batching: BatchingSettings, labels: LabelSettings,
-                 seed: int = 1, normalize: bool = False) -> None:
+                 seed: int = 1, normalize: bool = False, skip_unreadable: bool = False) -> None:
         if len(labels.pad_indices) != len(index.labels):
             raise ValueError(f"{len(index.labels)} label sets but {len(labels.pad_indices)} pad indices")
         self.index = index
@@ -74,6 +79,7 @@ class BucketedAudioDataset(FairseqDataset):
         self.labels = labels
         self.seed = seed
         self.normalize = normalize
+        self.skip_unreadable = skip_unreadable
         self.mask_settings: Optional[MaskSettings] = None
 
     def __len__(self) -> int:
@@ -94,11 +100,14 @@ class BucketedAudioDataset(FairseqDataset):
         """Rows of every batch of an epoch, for fairseq's ``EpochBatchIterator``."""
         return self.plan(epoch, num_shards).batch_rows()
 
-    def __getitem__(self, row: Sequence[int]) -> Dict[str, Any]:
+    def __getitem__(self, row: Sequence[int]) -> Optional[Dict[str, Any]]:
         """Read one planned window and its labels.
 
         Args:
             row: ``(utterance, start, num_samples, batch_index, epoch)``.
+
+        Returns:
+            The item, or None for an unreadable file when ``skip_unreadable`` is set.
 
         Raises:
             AudioReadError: naming the manifest line and audio file when decoding fails.
@@ -108,6 +117,9 @@ class BucketedAudioDataset(FairseqDataset):
         try:
             audio = read_audio(path, start, num_samples, self.batching.sample_rate)
         except AudioReadError as error:
+            if self.skip_unreadable:
+                logger.warning("%s: %s; left out of its batch (skip_invalid=true)", self.index.where(utterance), error)
+                return None
             raise AudioReadError(f"{self.index.where(utterance)}: {error}") from error
         if self.normalize:
             audio = (audio - audio.mean()) / np.sqrt(audio.var() + 1e-5)
@@ -123,7 +135,10 @@ class BucketedAudioDataset(FairseqDataset):
     def collater(self, items: List[Dict[str, Any]]) -> Dict[str, Any]:
         """Batch per DESIGN.md: ``net_input`` (source, padding_mask, optional mask_indices),
         ``target_list`` or ``target``/``target_lengths``, ``id``, ``ntokens``, and ``audio_stats``
-        (plain ints: samples fed, samples of the whole utterances, samples of the padded batch)."""
+        (plain ints: samples fed, samples of the whole utterances, samples of the padded batch, and
+        utterances left out because their audio could not be read)."""
+        skipped = sum(item is None for item in items)
+        items = [item for item in items if item is not None]
         if not items:
             return {}
         lengths = np.asarray([item["source"].shape[0] for item in items], dtype=np.int64)
@@ -144,7 +159,7 @@ class BucketedAudioDataset(FairseqDataset):
             batch.update(self._sequence_target(items))
         batch["audio_stats"] = {"fed_samples": int(lengths.sum()),
                                 "utterance_samples": sum(item["utterance_samples"] for item in items),
-                                "batch_samples": int(width * len(items))}
+                                "batch_samples": int(width * len(items)), "skipped_utterances": skipped}
         return batch
 
     def _masks(self, lengths: np.ndarray, batch_index: int, epoch: int) -> torch.Tensor:

@@ -90,7 +90,7 @@ class K2sslPretrainingTask(HubertPretrainingTask):
             index, self._batching(max_duration=cfg.max_duration or 0.0),  # budget settled per iterator
             LabelSettings(pad_indices=tuple(d.pad() for d in dictionaries),
                           rate=-1.0 if cfg.fine_tuning else cfg.label_rate),
-            normalize=cfg.normalize)
+            normalize=cfg.normalize, skip_unreadable=cfg.skip_invalid)
         self.datasets[split].mask_settings = self.mask_settings
 
     def _batching(self, max_duration: float) -> BatchingSettings:
@@ -183,7 +183,7 @@ class K2sslPretrainingTask(HubertPretrainingTask):
     def reduce_metrics(self, logging_outputs: List[Dict[str, Any]], criterion: Any) -> None:
         """Log per update: ``audio_s`` (audio fed, all ranks), ``crop_pct`` (audio of the batch's
         utterances cropped away), ``pad_pct`` (padding in the batch tensors), ``data_wait_s`` (mean
-        per step and rank)."""
+        per step and rank), and ``skipped_utts`` when unreadable audio was left out (``skip_invalid``)."""
         super().reduce_metrics(logging_outputs, criterion)
         fed = sum(log.get("data_fed_samples", 0) for log in logging_outputs)
         if not fed:
@@ -196,6 +196,9 @@ class K2sslPretrainingTask(HubertPretrainingTask):
         metrics.log_scalar("pad_pct", 100.0 * (tensor - fed) / max(tensor, 1), round=2)
         metrics.log_scalar("data_wait_s", sum(log.get("data_wait_s", 0.0) for log in logging_outputs)
                            / max(steps, 1), round=4)
+        skipped = sum(log.get("data_skipped_utterances", 0) for log in logging_outputs)
+        if skipped:
+            metrics.log_scalar_sum("skipped_utts", skipped)
 
 
 @register_task("k2ssl_finetuning", dataclass=K2sslFinetuningConfig)
