@@ -95,3 +95,31 @@ def test_not_a_checkpoint_gets_a_clear_error(tmp_path: Path):
     for load in (compat.load_checkpoint, compat.load_torch_file):
         with pytest.raises(compat.CheckpointReadError, match="bogus.pt: not a readable torch checkpoint"):
             load(bogus)
+
+
+def _script_commands(path: Path, corpus: Path, out: Path) -> dict:
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    return {
+        "migrate_checkpoint": [scripts / "migrate_checkpoint.py", path, out / "migrated.pt", "--to", "k2ssl_hubert"],
+        "import_icefall_checkpoint": [scripts / "import_icefall_checkpoint.py", path, out / "imported.pt"],
+        "export_icefall_checkpoint": [scripts / "export_icefall_checkpoint.py", path, out / "exported.pt"],
+        "decode_ctc": [scripts / "decode_ctc.py", "--checkpoint", path, "--data", corpus, "--subset", "valid",
+                       "--results-dir", out / "decode", "--device", "cpu"],
+        "make_labels": [scripts / "make_labels.py", "--data", corpus, "--out", out / "labels", "--n-clusters", "4",
+                        "--feature", "checkpoint", "--checkpoint", path, "--layer", "1", "--splits", "valid",
+                        "--train-split", "valid"],
+    }
+
+
+@pytest.mark.parametrize("script", ["migrate_checkpoint", "import_icefall_checkpoint", "export_icefall_checkpoint",
+                                    "decode_ctc", "make_labels"])
+def test_plugin_scripts_refuse(poisoned, tiny_corpus: Path, tmp_path: Path, script: str):
+    import subprocess
+    import sys
+
+    path, marker = poisoned
+    cmd = [sys.executable, *map(str, _script_commands(path, tiny_corpus, tmp_path)[script])]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "posix.system" in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-2000:]
+    assert not marker.exists()
