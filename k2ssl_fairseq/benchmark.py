@@ -78,14 +78,14 @@ def run_spec(system: str, size: str, data: Path, label_dir: Path, seconds_per_ba
               "checkpoint.no_save=true", "dataset.num_workers=0", "task.min_sample_size=8000"]
     if system == "zipformer_ssl":
         return RunSpec(system, size, REPO_DIR / "config" / "pretrain", f"zipformer_{size}",
-                       common + ["task._name=k2ssl_pretraining", f"+task.max_duration={seconds}"], updates, warmup)
+                       common + ["task._name=k2ssl_pretraining", f"++task.max_duration={seconds}"], updates, warmup)
     overrides = common + ["model.label_rate=50"] + (_tiny_hubert_overrides() if size == "tiny" else [])
     if system == "stock_hubert":
         overrides.append(f"dataset.max_tokens={int(seconds * 16000)}")
     else:
-        overrides += ["model._name=k2ssl_hubert", "task._name=k2ssl_pretraining", f"+task.max_duration={seconds}",
+        overrides += ["model._name=k2ssl_hubert", "task._name=k2ssl_pretraining", f"++task.max_duration={seconds}",
                       "criterion._name=k2ssl_masked_prediction",
-                      f"+model.logit_mode={'linear' if system.endswith('linear') else 'cosine'}"]
+                      f"++model.logit_mode={'linear' if system.endswith('linear') else 'cosine'}"]
     return RunSpec(system, size, stock_hubert_config_dir(), _hubert_yaml(size), overrides, updates, warmup)
 
 
