@@ -68,12 +68,17 @@ def _tiny_hubert_overrides() -> List[str]:
 
 def run_spec(system: str, size: str, data: Path, label_dir: Path, seconds_per_batch: Optional[float],
              device: str, updates: int, warmup: int, train_subset: str = "train") -> RunSpec:
-    """The configuration of one system at one size, sharing data, labels and audio per update."""
+    """The configuration of one system at one size, sharing data, labels and audio per update.
+
+    Every system runs in fp32 on the CPU and with automatic mixed precision on CUDA, as k2SSL trains.
+    """
     seconds = seconds_per_batch if seconds_per_batch is not None else RECIPE_SECONDS[system]
     common = [f"task.data={data}", f"task.label_dir={label_dir}", "task.labels=[km]",
               f"dataset.train_subset={train_subset}", "dataset.disable_validation=true",
               f"optimization.max_update={updates + warmup}", "common.log_interval=1",
               "common.tensorboard_logdir=null", "common.fp16=false", f"common.cpu={str(device == 'cpu').lower()}",
+              f"common.amp={str(device == 'cuda').lower()}",
+              f"common.amp={str(device == 'cuda').lower()}",
               "distributed_training.distributed_world_size=1", "distributed_training.nprocs_per_node=1",
               "checkpoint.no_save=true", "dataset.num_workers=0", "task.min_sample_size=8000"]
     if system == "zipformer_ssl":
