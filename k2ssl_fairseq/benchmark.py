@@ -8,7 +8,7 @@ audio actually fed, cropped away and padded from the batch itself.
 
 Usage (also the console script ``k2ssl-benchmark``)::
 
-    python scripts/benchmark.py --data CORPUS --label-dir LABELS --size tiny --updates 8 --out DIR
+    python scripts/benchmark.py --data CORPUS --label-dir LABELS --size tiny --updates 8 --out DIR [--work-dir W]
 
 Outputs ``DIR/benchmark.json`` (one record per system, fields of DESIGN.md), ``DIR/benchmark.md``
 (a table with ratios to stock HuBERT) and ``DIR/throughput_memory.png`` / ``DIR/loss_vs_audio.png``.
@@ -24,6 +24,7 @@ import resource
 import shlex
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -317,15 +318,18 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         help="the same audio per update for every system; default: each system's recipe batch")
     parser.add_argument("--updates", type=int, default=5, help="timed updates per system")
     parser.add_argument("--warmup", type=int, default=2, help="untimed updates first")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="reports: JSON, Markdown, PNG plots")
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="per-system logs and hydra run folders (default: a temporary folder)")
     args = parser.parse_args(argv)
+    work = (args.work_dir or Path(tempfile.mkdtemp(prefix="k2ssl_benchmark_"))).resolve()
     command = "python scripts/benchmark.py " + " ".join(shlex.quote(a) for a in argv)
     records = []
     for i, system in enumerate(args.systems, 1):
         print(f"[{i}/{len(args.systems)}] {system} ({args.size}, {args.device})", flush=True)
         spec = run_spec(system, args.size, args.data.resolve(), args.label_dir.resolve(), args.seconds_per_batch,
                         args.device, args.updates, args.warmup, args.train_subset)
-        records.append(run_system(spec, args.device, args.out.resolve() / "work", command))
+        records.append(run_system(spec, args.device, work, command))
     write_reports(records, args.out)
     print((args.out / "benchmark.md").read_text())
 
