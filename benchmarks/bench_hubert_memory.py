@@ -24,6 +24,7 @@ from typing import Dict, List
 import numpy as np
 import psutil
 import torch
+from k2ssl_fairseq.benchmark import git_commit
 
 SYSTEMS = ("hubert", "k2ssl_hubert_cosine", "k2ssl_hubert_linear")
 NUM_CLUSTERS = 500
@@ -85,12 +86,6 @@ def run_one(system: str, batch: int, seconds: float, threads: int) -> Dict[str, 
         "padding_fraction": 0.0, "loss_curve": [loss.item() / int(mask.sum())],
         "step_seconds": elapsed, "masked_frames": int(mask.sum()), "threads": threads,
     }
-
-
-def git_commit() -> str:
-    proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout
-    return proc.stdout.strip() + ("+uncommitted" if dirty.strip() else "")
 
 
 def main(argv: List[str] = None) -> int:

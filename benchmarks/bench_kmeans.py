@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Dict, List
 
 import numpy as np
+from k2ssl_fairseq.benchmark import git_commit
 
 REPO = Path(__file__).resolve().parents[1]
 WORKERS = ("faiss", "sklearn_minibatch_fairseq")
@@ -94,11 +95,6 @@ def _thread_env(threads: int) -> Dict[str, str]:
     return env
 
 
-def _git_commit() -> str:
-    result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    return result.stdout.strip() or "unknown"
-
-
 def benchmark(args: argparse.Namespace) -> List[dict]:
     """Dump features if needed, run every system ``args.runs`` times per k, score, return the records."""
     from k2ssl_fairseq.labels import KaldiFeatureExtractor, dump_features, open_feature_shards
@@ -153,7 +149,7 @@ def _record(args: argparse.Namespace, system: str, n_clusters: int, features: np
         "reproducible": all(np.array_equal(centroids[0], c) for c in centroids[1:]),
         "batch_seconds": None, "audio_seconds_per_second": None, "data_wait_fraction": None,
         "crop_waste_fraction": None, "padding_fraction": None, "loss_curve": None,
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "git_commit": _git_commit(),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "git_commit": git_commit(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.node()} {platform.machine()} cpus={len(os.sched_getaffinity(0))}",
     }

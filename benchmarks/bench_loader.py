@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import numpy as np
+from k2ssl_fairseq.benchmark import git_commit
 
 SAMPLE_RATE = 16000
 MAX_SAMPLE_SIZE = 250_000  # HuBERT base yaml
@@ -137,11 +138,6 @@ def plan_statistics(lengths: np.ndarray, budget_seconds: float, world_size: int 
     ]
 
 
-def _git_commit() -> str:
-    proc = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent)
-    return proc.stdout.strip() or "unknown"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/bench_loader.json"))
@@ -205,7 +201,7 @@ def main() -> None:
             }
     for key, value in ratios.items():
         print(key, " ".join(f"{k}={v:.3f}" for k, v in value.items()))
-    stamp = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "git_commit": _git_commit(),
+    stamp = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "git_commit": git_commit(),
              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
              "machine": f"{platform.node()} {platform.machine()} {platform.processor() or ''} cpus={len(__import__('os').sched_getaffinity(0))}".strip()}
     for record in records:

@@ -33,6 +33,7 @@ from typing import Dict, List
 import numpy as np
 import psutil
 import torch
+from k2ssl_fairseq.benchmark import git_commit
 
 SYSTEMS = ("zipformer_ssl", "hubert")
 NUM_CLUSTERS = 500
@@ -114,12 +115,6 @@ def run_one(system: str, batch: int, seconds: float, threads: int) -> Dict[str, 
         "masked_frames": int(sample_size), "threads": threads,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
-
-
-def git_commit() -> str:
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout
-    return head + ("+uncommitted" if dirty.strip() else "")
 
 
 def measure(system: str, args: argparse.Namespace) -> Dict[str, object]:

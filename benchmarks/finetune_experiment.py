@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from k2ssl_fairseq.testing import hydra_train, stock_hubert_config_dir  # noqa: E402
+from k2ssl_fairseq.benchmark import git_commit
 
 #: Stock HuBERT shrunk to about the Zipformer tiny preset's parameter count (both counted and reported).
 HUBERT_TINY = {
@@ -139,11 +140,6 @@ def parameter_count(checkpoint: Path) -> Dict[str, int]:
     head = sum(v.numel() for k, v in weights.items() if k.startswith("proj."))
     encoder = sum(v.numel() for k, v in weights.items() if k.startswith("encoder.") and v.is_floating_point())
     return {"encoder_parameters": int(encoder), "head_parameters": int(head)}
-
-
-def git_commit() -> Optional[str]:
-    proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    return proc.stdout.strip() or None
 
 
 def markdown(records: List[Dict[str, Any]], settings: Dict[str, Any]) -> str:

@@ -201,14 +201,16 @@ def _summarize(spec: RunSpec, raw: Dict[str, Any], device: str, command: str, sa
         "padding_fraction": float((tensor - fed.sum()) / max(tensor, 1)),
         "loss_curve": [[float(h), float(s["loss"])] for h, s in zip(audio_seen, raw["steps"])],
         "timed_updates": len(timed), "median_step_seconds": float(np.median(step_s)),
-        "command": command, "git_commit": _git_commit(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "command": command, "git_commit": git_commit(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         "machine": _machine(device),
     }
 
 
-def _git_commit() -> str:
-    proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_DIR, capture_output=True, text=True)
-    return proc.stdout.strip() or "unknown"
+def git_commit() -> str:
+    """The checkout's commit for a results file, marked ``+uncommitted`` when the tree has changes."""
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_DIR, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO_DIR, capture_output=True, text=True).stdout
+    return (head or "unknown") + ("+uncommitted" if dirty.strip() else "")
 
 
 def _machine(device: str) -> str:
