@@ -78,6 +78,7 @@ def main(argv: Sequence[str] = None) -> None:
               f"task.data={corpus}", f"task.label_dir={labels}", "dataset.train_subset=pretrain",
               "dataset.valid_subset=valid", "optimization.max_update=1000000", "optimization.max_epoch=1000",
               f"optimization.stop_time_hours={args.pretrain_minutes / 60:.4f}", "checkpoint.save_interval_updates=100",
+              "checkpoint.keep_interval_updates=1",
               "common.log_interval=20"]), work / "logs" / "pretrain.log"))
     stage("4/6 fine-tune CTC", finetune / "ckpt" / "checkpoint_best.pt", lambda: run(
         hydra(ROOT / "config" / "finetune", "zipformer_tiny", finetune, [

@@ -1,22 +1,22 @@
 #!/usr/bin/env python
-"""Training-step speed and peak memory: Zipformer Base (``zipformer_ssl``) vs stock fairseq HuBERT Base.
+"""One pre-training step, forward + backward: speed and peak memory of each model at Base size.
 
-Both systems get the same batch (4 x 10 s of random audio by default, 500-cluster labels as
-dictionary indices, one pinned span mask at mask_prob 0.8), fp32, train mode, and run forward +
-backward of their pre-training loss: ``zipformer_ssl`` with ``k2ssl_masked_prediction``, stock
-``hubert`` with fairseq's ``hubert`` criterion (loss_weights [10] for both). HuBERT uses the model
-settings of fairseq's ``hubert_base_librispeech.yaml`` (final_dim 256, untied projection, dropouts
-0.1, feature_grad_mult 0.1) with layerdrop off so that every run does the same work; Zipformer uses
-``config/pretrain/zipformer_base.yaml`` with its schedules at batch count 0 (the most dropout).
+Systems: stock fairseq ``hubert`` (the model settings of ``hubert_base_librispeech.yaml``: final_dim
+256, untied projection, dropouts 0.1, feature_grad_mult 0.1; layerdrop off so every run does the
+same work), ``k2ssl_hubert`` in cosine and linear mode (same settings), and ``zipformer_ssl``
+(``config/pretrain/zipformer_base.yaml``, schedules at batch count 0, i.e. the most dropout).
+Every system gets the same batch (``--batch`` x ``--seconds`` of random audio, 500-cluster labels as
+dictionary indices, one pinned span mask at mask_prob 0.8), fp32, train mode, and the masked-prediction
+loss with the feature penalty (``k2ssl_masked_prediction``, loss_weights [10]; for stock ``hubert``
+that criterion computes exactly the stock ``hubert`` criterion's loss).
 
-Each measurement runs in a fresh subprocess, so each peak is that system's own. The systems are
-interleaved (``--repeats`` rounds of Zipformer then HuBERT) and each record keeps its fastest
-round, which is the least disturbed by other load on the machine. Memory on CPU:
-``peak_memory_bytes`` is the process's resident high-water mark (``ru_maxrss``, model and batch
-included); ``step_memory_bytes`` is that peak minus the resident size just before the step, i.e.
-what forward + backward added (activations, gradients, temporaries).
+Each measurement runs in a fresh subprocess, so each peak is that system's own; the systems are
+interleaved for ``--repeats`` rounds and each keeps its fastest round (the least disturbed by other
+load). Memory on CPU: ``peak_memory_bytes`` is the process's resident high-water mark
+(``ru_maxrss``, model and batch included); ``step_memory_bytes`` is that peak minus the resident size
+just before the step, i.e. what forward + backward added.
 
-    python benchmarks/bench_zipformer_vs_hubert.py --output benchmarks/results/zipformer_vs_hubert_cpu.json
+    python benchmarks/bench_models.py --threads 2 --repeats 2 --output benchmarks/results/models_base_cpu.json
 """
 import argparse
 import json
@@ -35,59 +35,53 @@ import psutil
 import torch
 from k2ssl_fairseq.benchmark import git_commit
 
-SYSTEMS = ("zipformer_ssl", "hubert")
+SYSTEMS = ("hubert", "k2ssl_hubert_cosine", "k2ssl_hubert_linear", "zipformer_ssl")
+#: Targets from the issues: Zipformer vs stock (issue B) and k2ssl_hubert cosine vs stock (issue E).
+TARGETS = {"zipformer_ssl": {"speed_vs_hubert": ">= 3.6", "peak_memory_vs_hubert": "<= 1/3"},
+           "k2ssl_hubert_cosine": {"peak_memory_vs_hubert": "<= 0.6"}}
 NUM_CLUSTERS = 500
 SAMPLE_RATE = 16000
 REPO = Path(__file__).resolve().parents[1]
 
 
-def label_dictionary():
+def build(system: str) -> torch.nn.Module:
+    """The model of ``system`` with weights from seed 0 and a 500-cluster dictionary."""
     from fairseq.data.dictionary import Dictionary
+    from fairseq.models.hubert.hubert import HubertModel
+    from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
+    from omegaconf import OmegaConf
+
+    import k2ssl_fairseq  # noqa: F401
+    from k2ssl_fairseq.models.k2ssl_hubert import K2sslHubertConfig, K2sslHubertModel
+    from k2ssl_fairseq.models.zipformer_ssl import ZipformerSslConfig, ZipformerSslModel
 
     dictionary = Dictionary()
     for k in range(NUM_CLUSTERS):
         dictionary.add_symbol(str(k))
-    return dictionary
-
-
-def build(system: str):
-    """(model, criterion) for one system, weights from seed 0."""
-    from omegaconf import OmegaConf
-
-    import k2ssl_fairseq  # noqa: F401
-    from k2ssl_fairseq.criterions.masked_prediction import MaskedPredictionCriterion
-
-    dictionary = label_dictionary()
     torch.manual_seed(0)
     if system == "zipformer_ssl":
-        from k2ssl_fairseq.models.zipformer_ssl import ZipformerSslConfig, ZipformerSslModel
-
         preset = OmegaConf.load(REPO / "config" / "pretrain" / "zipformer_base.yaml").model
         cfg = ZipformerSslConfig(label_rate=50.0, sample_rate=SAMPLE_RATE,
                                  **{k: v for k, v in preset.items() if k != "_name"})
         model = ZipformerSslModel(OmegaConf.structured(cfg), [len(dictionary)])
-        criterion = MaskedPredictionCriterion(SimpleNamespace(), 1.0, 0.0, [10.0], [])
         model.set_num_updates(0)
-        return model, criterion
-    from fairseq.criterions.hubert_criterion import HubertCriterion
-    from fairseq.models.hubert.hubert import HubertConfig, HubertModel
-    from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
-
-    cfg = HubertConfig(label_rate=50, final_dim=256, untie_final_proj=True, mask_prob=0.8, feature_grad_mult=0.1,
-                       dropout_input=0.1, dropout_features=0.1, dropout=0.1, attention_dropout=0.1,
-                       activation_dropout=0.0, encoder_layerdrop=0.0, extractor_mode="default")
-    model = HubertModel(cfg, HubertPretrainingConfig(label_rate=50, sample_rate=SAMPLE_RATE), [dictionary])
-    return model, HubertCriterion(SimpleNamespace(), 1.0, 0.0, [10.0], [])
+        return model
+    cfg = K2sslHubertConfig(label_rate=50, final_dim=256, untie_final_proj=True, mask_prob=0.8,
+                            feature_grad_mult=0.1, dropout_input=0.1, dropout_features=0.1, encoder_layerdrop=0.0,
+                            logit_mode=system.rsplit("_", 1)[1] if system != "hubert" else "cosine")
+    model_class = HubertModel if system == "hubert" else K2sslHubertModel
+    return model_class(cfg, HubertPretrainingConfig(label_rate=50, sample_rate=SAMPLE_RATE), [dictionary])
 
 
 def run_one(system: str, batch: int, seconds: float, threads: int) -> Dict[str, object]:
     """One timed forward + backward of ``system``; returns its benchmark record."""
+    from k2ssl_fairseq.criterions.masked_prediction import MaskedPredictionCriterion
     from k2ssl_fairseq.data.frames import conv_frames
     from k2ssl_fairseq.data.masking import compute_span_mask
 
     torch.set_num_threads(threads)
-    model, criterion = build(system)
-    model.train()
+    model = build(system).train()
+    criterion = MaskedPredictionCriterion(SimpleNamespace(), 1.0, 0.0, [10.0], [])
     rng = np.random.default_rng(0)
     samples = int(seconds * SAMPLE_RATE)
     frames = conv_frames(samples)
@@ -96,11 +90,11 @@ def run_one(system: str, batch: int, seconds: float, threads: int) -> Dict[str, 
     sample = {"id": torch.arange(batch),
               "net_input": {"source": source, "padding_mask": torch.zeros_like(source, dtype=torch.bool)},
               "target_list": [torch.from_numpy(rng.integers(4, 4 + NUM_CLUSTERS, (batch, frames)))]}
-    if system == "zipformer_ssl":
-        sample["net_input"]["mask_indices"] = mask
-    else:  # stock HuBERT draws its own masks; pin them to the same ones
+    if system == "hubert":  # stock HuBERT draws its own masks: pin them to the same ones
         model.apply_mask = lambda x, padding_mask, target_list: (
             torch.where(mask[..., None], model.mask_emb.to(x.dtype), x), mask)
+    else:
+        sample["net_input"]["mask_indices"] = mask
     before = psutil.Process().memory_info().rss
     start = time.perf_counter()
     loss, sample_size, _ = criterion(model, sample)
@@ -132,6 +126,7 @@ def main(argv: List[str] = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds per utterance")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds; the fastest is kept")
+    parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
     parser.add_argument("--output", type=Path, help="JSON file to write (default: print only)")
     parser.add_argument("--run-one", choices=SYSTEMS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -139,31 +134,34 @@ def main(argv: List[str] = None) -> int:
         print(json.dumps(run_one(args.run_one, args.batch, args.seconds, args.threads)))
         return 0
 
-    rounds: Dict[str, List[Dict[str, object]]] = {s: [] for s in SYSTEMS}
+    rounds: Dict[str, List[Dict[str, object]]] = {s: [] for s in args.systems}
     for _ in range(args.repeats):
-        for system in SYSTEMS:
+        for system in args.systems:
             rounds[system].append(measure(system, args))
             print(json.dumps(rounds[system][-1]), flush=True)
     records = []
-    for system in SYSTEMS:
+    for system in args.systems:
         best = min(rounds[system], key=lambda r: r["step_seconds"])
         best["step_seconds_all_rounds"] = [r["step_seconds"] for r in rounds[system]]
         best["load_average"] = list(psutil.getloadavg())
         records.append(best)
-    zipformer, hubert = records
-    zipformer["speedup_vs_hubert"] = zipformer["audio_seconds_per_second"] / hubert["audio_seconds_per_second"]
-    zipformer["peak_memory_vs_hubert"] = zipformer["peak_memory_bytes"] / hubert["peak_memory_bytes"]
-    zipformer["step_memory_vs_hubert"] = zipformer["step_memory_bytes"] / hubert["step_memory_bytes"]
-    zipformer["targets"] = {"speedup_vs_hubert": ">= 3.6", "peak_memory_vs_hubert": "<= 1/3"}
+    stock = next((r for r in records if r["system"] == "hubert"), None)
+    provenance = {
+        "command": " ".join(["python", "benchmarks/bench_models.py", *sys.argv[1:]]), "git_commit": git_commit(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()} {psutil.cpu_count()} CPUs "
+                   f"{psutil.virtual_memory().total / 2**30:.0f} GiB, torch {torch.__version__}",
+    }
     for record in records:
-        record.update({
-            "command": " ".join(["python", "benchmarks/bench_zipformer_vs_hubert.py", *sys.argv[1:]]),
-            "git_commit": git_commit(),
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machine": f"{platform.machine()} {psutil.cpu_count()} CPUs "
-                       f"{psutil.virtual_memory().total / 2**30:.0f} GiB, torch {torch.__version__}",
-        })
-    print(json.dumps({k: zipformer[k] for k in ("speedup_vs_hubert", "peak_memory_vs_hubert", "step_memory_vs_hubert")}))
+        if stock is not None and record is not stock:
+            record["speed_vs_hubert"] = record["audio_seconds_per_second"] / stock["audio_seconds_per_second"]
+            record["peak_memory_vs_hubert"] = record["peak_memory_bytes"] / stock["peak_memory_bytes"]
+            record["step_memory_vs_hubert"] = record["step_memory_bytes"] / stock["step_memory_bytes"]
+            print(f"{record['system']}: {record['speed_vs_hubert']:.2f}x speed, "
+                  f"{record['peak_memory_vs_hubert']:.3f}x peak memory of stock hubert", flush=True)
+        if record["system"] in TARGETS:
+            record["targets"] = TARGETS[record["system"]]
+        record.update(provenance)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(records, indent=2) + "\n")
