@@ -1,8 +1,8 @@
 """``k2ssl-hydra-train``: fairseq's own ``fairseq-hydra-train`` with the plugin imported first.
 
 Importing the plugin before Hydra composes the config registers the plugin's dataclasses in Hydra's
-ConfigStore, so group selection (``model=zipformer_ssl``) and plugin keys without a ``+`` prefix
-work. Under ``torchrun`` it also passes each process's rank, world size and device (from
+ConfigStore, so group selection (``model=zipformer_ssl``, which brings all of the plugin's keys)
+works. Under ``torchrun`` it also passes each process's rank, world size and device (from
 ``LOCAL_RANK``) to fairseq, which otherwise guesses the device and fails on CPU-only machines.
 Everything else is fairseq's ``cli_main`` unchanged.
 """
