@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from k2ssl_fairseq.testing import hydra_train, make_tiny_corpus, stock_hubert_tiny_overrides
 
@@ -20,3 +21,13 @@ def stock_hubert_run(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory
     run_dir = tmp_path_factory.mktemp("stock_hubert")
     hydra_train(stock_hubert_tiny_overrides(tiny_corpus, max_update=4), run_dir)
     return run_dir
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a test module: tiny models gain nothing from more, and on a loaded
+    machine OpenMP threads waiting for each other made a step ten times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

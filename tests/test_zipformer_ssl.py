@@ -20,14 +20,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "config" / "pretrain"
 TOLERANCE = 1e-4  # max |diff| / max |ref|, issue B's acceptance bound
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: these tiny models gain nothing from more, and on a loaded machine
-    OpenMP threads waiting for each other made a step ten times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def relative_error(ours: torch.Tensor, ref: np.ndarray) -> float:

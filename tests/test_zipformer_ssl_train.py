@@ -22,14 +22,7 @@ from k2ssl_fairseq.testing import hydra_train
 TINY_PRESET = Path(__file__).resolve().parent.parent / "config" / "pretrain" / "zipformer_tiny.yaml"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: these tiny models gain nothing from more, and on a loaded machine
-    OpenMP threads waiting for each other made a step ten times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_model(num_classes: int = 24, **overrides) -> ZipformerSslModel:

@@ -72,3 +72,19 @@ def samples_to_label_index(sample_offset: Union[int, np.ndarray], label_rate: fl
                            sample_rate: int = 16000):
     """Label frame that starts at a sample offset (rounded, as fairseq's collater does)."""
     return np.round(np.asarray(sample_offset) * label_rate / sample_rate).astype(np.int64)
+
+
+def frame_padding_mask(sample_lengths: torch.Tensor, num_frames: int,
+                       conv_layers: Sequence[Tuple[int, int, int]]) -> torch.Tensor:
+    """Frame-level padding mask ``(batch, num_frames)``, True at padding.
+
+    Frame ``i`` of a row is padding iff ``i >= conv_frames(valid samples)``, which is exact for the
+    CNN (stock HuBERT's reshape-and-``all`` rule can be off by one frame).
+
+    Args:
+        sample_lengths: valid samples per row ``(batch,)``.
+        num_frames: frames of the padded batch.
+        conv_layers: the CNN's (channels, kernel, stride) per layer.
+    """
+    valid_frames = conv_frames(sample_lengths, conv_layers)
+    return torch.arange(num_frames, device=sample_lengths.device)[None, :] >= valid_frames[:, None]

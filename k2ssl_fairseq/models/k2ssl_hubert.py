@@ -39,7 +39,7 @@ from fairseq.modules.multihead_attention import MultiheadAttention
 from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
 from torch import nn
 
-from ..data.frames import conv_frames
+from ..data.frames import frame_padding_mask
 from ..data.masking import span_mask_tensor
 
 LOGIT_MODE_CHOICES = ChoiceEnum(["cosine", "linear"])
@@ -184,8 +184,7 @@ class K2sslHubertModel(HubertModel):
         """
         if padding_mask is None:
             return None
-        valid = conv_frames((~padding_mask).sum(1), self.conv_layers).clamp(max=num_frames)
-        return torch.arange(num_frames, device=padding_mask.device)[None, :] >= valid[:, None]
+        return frame_padding_mask((~padding_mask).sum(1), num_frames, self.conv_layers)
 
     def time_mask(self, mask_indices: Optional[torch.Tensor], padding_mask: Optional[torch.Tensor],
                   batch: int, num_frames: int, device: torch.device) -> Optional[torch.Tensor]:

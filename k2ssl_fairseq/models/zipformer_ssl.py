@@ -35,7 +35,7 @@ from fairseq.modules import GradMultiply, LayerNorm
 from omegaconf import II
 from torch import nn
 
-from ..data.frames import conv_frames, conv_stride
+from ..data.frames import conv_frames, conv_stride, frame_padding_mask
 from ..data.masking import span_mask_tensor
 from .zipformer import Zipformer2, set_batch_count
 
@@ -91,22 +91,6 @@ class ZipformerSslConfig(FairseqDataclass):
         metadata={"help": "audio seconds per optimizer update over all workers and accumulation steps "
                           "(max duration per batch x world size x update_freq); the schedules run on "
                           "num_updates * seconds_per_update / ref_duration. None: on num_updates itself"})
-
-
-def frame_padding_mask(sample_lengths: torch.Tensor, num_frames: int,
-                       conv_layers: Sequence[Tuple[int, int, int]]) -> torch.Tensor:
-    """Frame-level padding mask ``(batch, num_frames)``, True at padding.
-
-    Frame ``i`` of a row is padding iff ``i >= conv_frames(valid samples)``, which is exact for the
-    CNN (stock HuBERT's reshape-and-``all`` rule can be off by one frame).
-
-    Args:
-        sample_lengths: valid samples per row ``(batch,)``.
-        num_frames: frames of the padded batch.
-        conv_layers: the CNN's (channels, kernel, stride) per layer.
-    """
-    valid_frames = conv_frames(sample_lengths, conv_layers)
-    return torch.arange(num_frames, device=sample_lengths.device)[None, :] >= valid_frames[:, None]
 
 
 @register_model("zipformer_ssl", dataclass=ZipformerSslConfig)
