@@ -53,7 +53,7 @@ def test_golden_outputs_match(tiny_model, golden):
         stacks = [tiny_model.extract_features(wav, no_padding, output_layer=i + 1)[0] for i in range(6)]
         logits = tiny_model.final_proj(encoded) / tiny_model.cfg.logit_temp
     assert not frame_padding.any() and not padding.any()
-    errors = {"cnn": relative_error(cnn, golden["out/cnn"]),
+    errors = {"cnn": relative_error(cnn.transpose(1, 2), golden["out/cnn"]),
               "features": relative_error(encoder_input, golden["out/features"]),
               "encoder": relative_error(encoded, golden["out/encoder"]),
               "logits": relative_error(logits, golden["out/logits"])}
@@ -139,16 +139,20 @@ def test_extract_features_ret_conv_returns_encoder_input(tiny_model, golden):
 
 
 def test_cnn_values_and_gradients_equal_the_stock_extractor(tiny_model, golden):
-    """The padding-aware first-layer GroupNorm path gives fairseq's values and gradients on unpadded input."""
+    """The model's front-end (``conv_frontend``, padding-aware GroupNorm) gives fairseq's values and
+    gradients on unpadded input (feature_grad_mult 1 here)."""
     wav = torch.from_numpy(golden["input/wav"])
     extractor = tiny_model.feature_extractor
     grads = []
-    for run in (lambda: tiny_model._conv_stack(wav, None), lambda: extractor(wav)):
+    grad_mult, tiny_model.cfg.feature_grad_mult = tiny_model.cfg.feature_grad_mult, 1.0
+    for run in (lambda: tiny_model._cnn(wav, None)[0].transpose(1, 2), lambda: extractor(wav)):
         extractor.zero_grad()
         out = run()
         (out * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
         grads.append([p.grad.clone() for p in extractor.parameters()])
         values = out.detach()
-    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(*grads))
+    tiny_model.cfg.feature_grad_mult = grad_mult
+    # float32 summation order differs (matrix products vs oneDNN convolutions): ~6e-6 measured
+    assert max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(*grads)) <= 5e-5
     assert relative_error(values, golden["out/cnn"]) <= TOLERANCE
     extractor.zero_grad()

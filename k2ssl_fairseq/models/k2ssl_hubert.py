@@ -22,7 +22,9 @@ existing yamls switch by setting ``model._name: k2ssl_hubert``. What changes is 
 * **padding masks are frame-exact**: frame ``t`` of a row is padding iff ``t >=
   conv_frames(valid samples)``. Stock ``forward_padding_mask`` cuts the sample mask into ``T``
   equal chunks and can be off by one frame for padded rows; on unpadded or equal-length batches the
-  two agree.
+  two agree;
+* **the CNN front-end** runs through ``models/conv_frontend.py`` (same parameters, stock statistics):
+  it keeps one tensor per layer for backward instead of two or three.
 """
 
 import copy
@@ -41,6 +43,7 @@ from torch import nn
 
 from ..data.frames import frame_padding_mask
 from ..data.masking import span_mask_tensor
+from .conv_frontend import conv_features
 
 LOGIT_MODE_CHOICES = ChoiceEnum(["cosine", "linear"])
 
@@ -170,6 +173,11 @@ class K2sslHubertModel(HubertModel):
     def build_model(cls, cfg: K2sslHubertConfig, task) -> "K2sslHubertModel":
         """Build from a HuBERT-style pre-training task (``cfg.sample_rate`` and ``dictionaries``)."""
         return cls(cfg, task.cfg, task.dictionaries)
+
+    def forward_features(self, source: torch.Tensor) -> torch.Tensor:
+        """Stock ``forward_features`` (``(batch, channel, frame)``, ``feature_grad_mult``) on the
+        memory-saving front-end."""
+        return conv_features(self.feature_extractor, source, grad_mult=self.feature_grad_mult).transpose(1, 2)
 
     def frame_padding_mask(self, padding_mask: Optional[torch.Tensor], num_frames: int
                            ) -> Optional[torch.Tensor]:

@@ -27,16 +27,16 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import BaseFairseqModel, register_model
 from fairseq.models.wav2vec.wav2vec2 import ConvFeatureExtractionModel
-from fairseq.modules import GradMultiply, LayerNorm
+from fairseq.modules import LayerNorm
 from omegaconf import II
 from torch import nn
 
 from ..data.frames import conv_frames, conv_stride, frame_padding_mask
 from ..data.masking import span_mask_tensor
+from .conv_frontend import conv_features
 from .zipformer import Zipformer2, set_batch_count
 
 EXTRACTOR_MODE_CHOICES = ChoiceEnum(["default", "layer_norm"])
@@ -196,7 +196,7 @@ class ZipformerSslModel(BaseFairseqModel):
             features, frame_padding, target_list = self._align_to_labels(features, frame_padding, target_list)
         features_pen = self._feature_penalty(features, frame_padding)
 
-        x = self.layer_norm(features.transpose(1, 2))
+        x = self.layer_norm(features)
         if self.post_extract_proj is not None:
             x = self.post_extract_proj(x)
         x = self.dropout_input(x)
@@ -260,10 +260,10 @@ class ZipformerSslModel(BaseFairseqModel):
 
     def _cnn(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor]
              ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Run the CNN front-end.
+        """Run the CNN front-end (first-layer GroupNorm statistics over each row's valid frames).
 
         Returns:
-            ``(features (batch, channels, frames), frame padding mask (batch, frames) or None)``.
+            ``(features (batch, frames, channels), frame padding mask (batch, frames) or None)``.
         """
         if source.dim() != 2:
             raise ValueError(f"zipformer_ssl: source must be (batch, samples), got shape {tuple(source.shape)}")
@@ -274,29 +274,11 @@ class ZipformerSslModel(BaseFairseqModel):
                                  f"match source shape {tuple(source.shape)}")
             source = source.masked_fill(padding_mask, 0.0)
             sample_lengths = (~padding_mask).sum(1)
-        if self.cfg.feature_grad_mult > 0:
-            features = self._conv_stack(source, sample_lengths)
-            if self.cfg.feature_grad_mult != 1.0:
-                features = GradMultiply.apply(features, self.cfg.feature_grad_mult)
-        else:
-            with torch.no_grad():
-                features = self._conv_stack(source, sample_lengths)
+        first_layer_frames = None if sample_lengths is None else conv_frames(sample_lengths, self.conv_layers[:1])
+        features = conv_features(self.feature_extractor, source, first_layer_frames, self.cfg.feature_grad_mult)
         if sample_lengths is None:
             return features, None
-        return features, frame_padding_mask(sample_lengths, features.shape[2], self.conv_layers)
-
-    def _conv_stack(self, source: torch.Tensor, sample_lengths: Optional[torch.Tensor]) -> torch.Tensor:
-        """The wav2vec2 CNN, with the first layer's GroupNorm statistics taken over valid frames only."""
-        x = source.unsqueeze(1)
-        for index, block in enumerate(self.feature_extractor.conv_layers):
-            norm = block[2] if len(block) == 4 else None
-            if index == 0 and isinstance(norm, nn.GroupNorm):
-                x = block[1](block[0](x))
-                lengths = None if sample_lengths is None else conv_frames(sample_lengths, self.conv_layers[:1])
-                x = block[3](_group_norm_over_valid_frames(x, norm, lengths))
-            else:
-                x = block(x)
-        return x
+        return features, frame_padding_mask(sample_lengths, features.shape[1], self.conv_layers)
 
     def _align_to_labels(self, features: torch.Tensor, frame_padding: Optional[torch.Tensor],
                          target_list: List[torch.Tensor]):
@@ -305,10 +287,10 @@ class ZipformerSslModel(BaseFairseqModel):
         Frame ``i`` takes label ``floor(i * frames_per_label)``; 1 at 50 Hz labels, 2 at 100 Hz.
         """
         label_frames = min(t.shape[1] for t in target_list)
-        num_frames = features.shape[2]
+        num_frames = features.shape[1]
         if self.frames_per_label * num_frames > label_frames:
             num_frames = int(label_frames / self.frames_per_label)
-            features = features[..., :num_frames]
+            features = features[:, :num_frames]
             if frame_padding is not None:
                 frame_padding = frame_padding[:, :num_frames]
         label_index = (torch.arange(num_frames, device=features.device).double() * self.frames_per_label).long()
@@ -320,8 +302,8 @@ class ZipformerSslModel(BaseFairseqModel):
         squares = features.float().pow(2)
         if frame_padding is None:
             return squares.mean()
-        valid = (~frame_padding).unsqueeze(1).to(squares.dtype)
-        return (squares * valid).sum() / (valid.sum() * squares.shape[1]).clamp(min=1.0)
+        valid = (~frame_padding).unsqueeze(-1).to(squares.dtype)
+        return (squares * valid).sum() / (valid.sum() * squares.shape[2]).clamp(min=1.0)
 
     def _encode(self, x: torch.Tensor, frame_padding: Optional[torch.Tensor],
                 output_layer: Optional[int]) -> torch.Tensor:
@@ -349,26 +331,3 @@ class ZipformerSslModel(BaseFairseqModel):
         """``final_proj(x) / logit_temp`` on the selected frames, split per label set."""
         logits = self.final_proj(x[frames]) / self.cfg.logit_temp
         return list(logits.split(self.num_classes, dim=-1)), [t[frames].long() for t in target_list]
-
-
-def _group_norm_over_valid_frames(x: torch.Tensor, norm: nn.GroupNorm, lengths: Optional[torch.Tensor]) -> torch.Tensor:
-    """The first CNN layer's per-channel GroupNorm with statistics over each row's valid frames only.
-
-    Rows without padding (all of them in pre-training, where batches are cropped) go through the
-    module itself in one call, so training memory is that of the stock layer; each padded row is
-    normalised over its valid frames and its padded frames are set to zero (no valid output frame
-    of the later layers depends on them).
-
-    Args:
-        x: ``(batch, channels, frames)``.
-        norm: the layer's GroupNorm (one group per channel).
-        lengths: valid frames per row ``(batch,)``, or None when all are valid.
-    """
-    frames = x.shape[2]
-    if lengths is None or bool((lengths >= frames).all()):
-        return norm(x)
-    rows = []
-    for i, valid in enumerate(lengths.clamp(max=frames).tolist()):
-        row = norm(x[i: i + 1, :, :valid]) if valid > 0 else x[i: i + 1, :, :0]
-        rows.append(F.pad(row, (0, frames - valid)))
-    return torch.cat(rows, dim=0)

@@ -1,0 +1,393 @@
+"""The wav2vec2 CNN front-end as strided matrix products on a channels-last layout, with its
+activations recomputed in backward.
+
+Why: at Base size (4 x 10 s, fp32, 2 CPU cores) the 512-channel convolutions are over half of a
+Zipformer step and a large part of its peak memory. Autograd through fairseq's
+``ConvFeatureExtractionModel`` keeps two 512-channel tensors per layer (the convolution output for
+GELU and the GELU output for the next convolution; three for the GroupNorm layer). Here each layer
+keeps only its convolution output: normalisation and GELU are recomputed in backward, chunk by
+chunk along time so that no second full-size copy is ever live, which costs a few element-wise
+passes. Each convolution is ``ceil(kernel / stride)`` matrix products over
+overlapping row views of the input (no unfolded copy), which BLAS runs faster than oneDNN's
+``conv1d`` backward on CPU; ``benchmarks/bench_models.py`` measures the whole step.
+
+The parameters stay in fairseq's module (same names, same checkpoints); :func:`conv_features` only
+replaces its forward. Padded rows can have the GroupNorm statistics taken over their valid frames
+(``valid_frames``), which is what makes the Zipformer's output independent of batch composition.
+"""
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from fairseq.modules import GradMultiply
+from torch import Tensor
+
+
+class _LayerSpec(NamedTuple):
+    """What the autograd function needs to know about one CNN layer besides its tensors."""
+
+    kernel: int
+    stride: int
+    has_bias: bool
+    norm: Optional[str]  # None, "time" (GroupNorm, one group per channel) or "channel" (LayerNorm)
+    eps: float
+
+
+def conv_features(extractor: nn.Module, source: Tensor, valid_frames: Optional[Tensor] = None,
+                  grad_mult: float = 1.0) -> Tensor:
+    """Run fairseq's ``ConvFeatureExtractionModel`` on ``source``; returns ``(batch, frame, channel)``.
+
+    Numerically the module's own forward (up to float summation order), with its parameters and
+    gradients, but the output is channels-last (what the models transpose to anyway).
+
+    Args:
+        extractor: a ``ConvFeatureExtractionModel`` (``default`` or ``layer_norm`` mode, dropout 0).
+        source: ``(batch, sample)`` waveform.
+        valid_frames: ``(batch,)`` valid output frames of the first layer per row; when given, the
+            first layer's GroupNorm statistics are taken over those frames only and the padded
+            frames are set to zero. None = stock behaviour (statistics over all frames).
+        grad_mult: HuBERT's ``feature_grad_mult``: scales the gradient reaching the CNN; 0 runs
+            it without autograd (frozen front-end).
+    """
+    specs, params = _describe(extractor)
+    needed = _receptive_field(specs)
+    if source.dim() != 2 or source.shape[1] < needed:
+        raise ValueError(f"conv_features: expected (batch, samples) audio of at least {needed} samples "
+                         f"(one frame of the CNN), got shape {tuple(source.shape)}")
+    if specs[0].norm != "time":
+        valid_frames = None
+    elif valid_frames is not None:
+        valid_frames = valid_frames.to("cpu", torch.long)
+    source = source.contiguous()
+    if grad_mult <= 0:
+        with torch.no_grad():
+            return _ConvFrontEnd.apply(source, valid_frames, specs, False, *params)
+    keep = torch.is_grad_enabled() and (source.requires_grad or any(p.requires_grad for p in params))
+    features = _ConvFrontEnd.apply(source, valid_frames, specs, keep, *params)
+    if grad_mult != 1.0 and keep:
+        features = GradMultiply.apply(features, grad_mult)
+    return features
+
+
+def _receptive_field(specs: Sequence[_LayerSpec]) -> int:
+    """Samples needed for one output frame."""
+    field = 1
+    for spec in reversed(specs):
+        field = (field - 1) * spec.stride + spec.kernel
+    return field
+
+
+def _describe(extractor: nn.Module) -> Tuple[Tuple[_LayerSpec, ...], List[Tensor]]:
+    """Layer specs and the flat parameter list, checking the module is a layout we reproduce."""
+    specs, params = [], []
+    for index, block in enumerate(extractor.conv_layers):
+        conv, dropout = block[0], block[1]
+        if not isinstance(conv, nn.Conv1d) or not isinstance(dropout, nn.Dropout) or len(block) not in (3, 4):
+            raise TypeError(f"conv_features: CNN layer {index} is not a fairseq wav2vec2 conv block: {block}")
+        if dropout.p != 0.0 and dropout.training:
+            raise ValueError(f"conv_features: CNN layer {index} has dropout {dropout.p}; only 0 is supported")
+        if conv.padding != (0,) or conv.dilation != (1,) or conv.groups != 1:
+            raise ValueError(f"conv_features: CNN layer {index} uses padding/dilation/groups, which fairseq's CNN never does")
+        norm, eps = None, 0.0
+        params.append(conv.weight)
+        if conv.bias is not None:
+            params.append(conv.bias)
+        if len(block) == 4:
+            module = block[2]
+            if isinstance(module, nn.GroupNorm):
+                if module.num_groups != module.num_channels or not module.affine:
+                    raise ValueError(f"conv_features: CNN layer {index} GroupNorm must have one affine group per channel")
+                norm, eps = "time", module.eps
+            else:
+                layer_norms = [m for m in module.modules() if isinstance(m, nn.LayerNorm)]
+                if len(layer_norms) != 1 or not layer_norms[0].elementwise_affine:
+                    raise TypeError(f"conv_features: CNN layer {index} norm is neither GroupNorm nor LayerNorm: {module}")
+                module, norm, eps = layer_norms[0], "channel", layer_norms[0].eps
+            params.extend([module.weight, module.bias])
+        specs.append(_LayerSpec(conv.kernel_size[0], conv.stride[0], conv.bias is not None, norm, eps))
+    return tuple(specs), params
+
+
+class _ConvFrontEnd(torch.autograd.Function):
+    """Forward keeps the convolution outputs only; backward recomputes norms and GELUs from them."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
+    def forward(ctx, source: Tensor, valid_frames: Optional[Tensor], specs: Tuple[_LayerSpec, ...],
+                keep: bool, *params: Tensor) -> Tensor:
+        x = source.unsqueeze(-1)
+        activations = []
+        for index, (spec, (weight, bias, norm_weight, norm_bias)) in enumerate(zip(specs, _split(params, specs))):
+            pre = _conv(lambda row, start, stop, x=x: x[row, start:stop], x.shape, weight, spec.stride)
+            if bias is not None:
+                pre += bias
+            activation = _Activation(pre, spec, norm_weight, norm_bias, valid_frames if index == 0 else None)
+            x = activation.full_output()
+            if keep:
+                activations.append(activation)
+            del pre, activation
+        if keep:
+            # The activations hold intermediates (convolution outputs): kept on ctx rather than
+            # save_for_backward so that backward can free each as soon as it is used.
+            ctx.save_for_backward(source, *params)
+            ctx.specs, ctx.activations = specs, activations
+        return x
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, grad: Tensor):
+        specs, activations = ctx.specs, ctx.activations
+        ctx.activations = None
+        source, *params = ctx.saved_tensors
+        layer_params = _split(params, specs)
+        grads: List[Tensor] = []
+        source_grad = None
+        grad = grad.contiguous().clone()
+        for index in reversed(range(len(specs))):
+            spec, (weight, bias, _, _) = specs[index], layer_params[index]
+            norm_grads = activations[index].backward_(grad)
+            activations[index] = None
+            if index > 0:
+                layer_input, input_shape = activations[index - 1].output, activations[index - 1].shape
+            else:
+                layer_input, input_shape = (lambda row, start, stop: source[row, start:stop, None]), (*source.shape, 1)
+            layer_grads = [_conv_weight_grad(layer_input, grad, weight.shape, spec.stride)]
+            if bias is not None:
+                layer_grads.append(grad.sum((0, 1)))
+            grads[:0] = layer_grads + list(norm_grads)
+            if index > 0 or ctx.needs_input_grad[0]:
+                grad = _conv_input_grad(grad, weight, input_shape, spec.stride)
+                if index == 0:
+                    source_grad = grad.squeeze(-1)
+        return (source_grad, None, None, None, *grads)
+
+
+#: Frames per chunk of the element-wise recomputation (8 MB at 512 float32 channels).
+CHUNK_FRAMES = 4096
+
+#: ``layer_input(row, start, stop)``: input frames ``start:stop`` of one row, ``(frames, channels)``.
+LayerInput = Callable[[int, int, int], Tensor]
+
+
+class _Activation:
+    """``GELU(norm(pre))`` of one layer, recomputable on any row and frame range from ``pre``.
+
+    ``pre`` is the convolution output ``(batch, frames, channels)``; the norm statistics are taken
+    once (float32 at least, as fairseq's Fp32 norms) and kept, they are small.
+    """
+
+    def __init__(self, pre: Tensor, spec: _LayerSpec, weight: Optional[Tensor], bias: Optional[Tensor],
+                 valid_frames: Optional[Tensor]) -> None:
+        self.pre, self.spec, self.shape = pre, spec, pre.shape
+        self.dtype = torch.promote_types(pre.dtype, torch.float32)
+        self.weight = None if weight is None else weight.to(self.dtype)
+        self.bias = None if bias is None else bias.to(self.dtype)
+        frames = pre.shape[1]
+        self.valid = ([frames] * pre.shape[0] if valid_frames is None or spec.norm != "time"
+                      else valid_frames.clamp(min=0, max=frames).tolist())
+        self.mean = self.rstd = None
+        if spec.norm == "time":
+            self.mean, self.rstd = _time_statistics(pre, self.valid, spec.eps, self.dtype)
+
+    def _normalised(self, row: int, start: int, stop: int) -> Tensor:
+        """``(pre - mean) * rstd`` of frames ``start:stop`` of ``row`` (a new tensor)."""
+        x = self.pre[row, start:stop].to(self.dtype)
+        if self.spec.norm == "time":
+            return (x - self.mean[row]).mul_(self.rstd[row])
+        var, mean = torch.var_mean(x, dim=1, keepdim=True, unbiased=False)
+        return (x - mean).mul_(torch.rsqrt(var + self.spec.eps))
+
+    def normed(self, row: int, start: int, stop: int) -> Tensor:
+        """The GELU input on frames ``start:stop`` of ``row``; padded frames (time norm) are zero."""
+        if self.spec.norm is None:
+            return self.pre[row, start:stop]
+        y = self._normalised(row, start, stop).mul_(self.weight).add_(self.bias)
+        if self.valid[row] < stop:
+            y[max(self.valid[row] - start, 0):] = 0
+        return y.to(self.pre.dtype)
+
+    def output(self, row: int, start: int, stop: int) -> Tensor:
+        """The layer output ``GELU(norm(pre))`` on frames ``start:stop`` of ``row``."""
+        return F.gelu(self.normed(row, start, stop))
+
+    def full_output(self) -> Tensor:
+        out = self.pre.new_empty(self.shape)
+        for row, start, stop in _chunks(self.shape):
+            out[row, start:stop] = self.output(row, start, stop)
+        return out
+
+    def backward_(self, grad: Tensor) -> Tuple[Tensor, ...]:
+        """Turn ``grad`` (w.r.t. the output) in place into the gradient w.r.t. ``pre``.
+
+        Returns the norm weight and bias gradients (nothing without a norm). With ``x̂`` the
+        normalised input, ``g`` the gradient of the affine norm's output and ``w`` its weight:
+        ``dpre = rstd * (g w - mean(g w) - x̂ mean(g w x̂))`` with means over the normalised axis.
+        """
+        for row, start, stop in _chunks(self.shape):
+            chunk = grad[row, start:stop]
+            chunk.copy_(torch.ops.aten.gelu_backward(chunk, self.normed(row, start, stop)))
+        if self.spec.norm is None:
+            return ()
+        channels = self.shape[2]
+        weight_grad = grad.new_zeros(channels, dtype=self.dtype)
+        bias_grad = grad.new_zeros(channels, dtype=self.dtype)
+        if self.spec.norm == "time":  # the means run over time: one pass for them, one to apply them
+            mean_g = grad.new_zeros(self.shape[0], channels, dtype=self.dtype)
+            mean_gx = grad.new_zeros(self.shape[0], channels, dtype=self.dtype)
+            for row, start, stop in _chunks(self.shape):
+                stop = min(stop, self.valid[row])
+                if stop <= start:
+                    continue
+                g, x = grad[row, start:stop].to(self.dtype), self._normalised(row, start, stop)
+                gx = (g * x).sum(0)
+                weight_grad += gx
+                bias_grad += g.sum(0)
+                mean_gx[row] += gx
+                mean_g[row] += g.sum(0)
+            counts = torch.tensor([max(v, 1) for v in self.valid], dtype=self.dtype, device=grad.device)[:, None]
+            mean_g.mul_(self.weight).div_(counts)
+            mean_gx.mul_(self.weight).div_(counts)
+        for row, start, stop in _chunks(self.shape):
+            chunk, x = grad[row, start:stop], self._normalised(row, start, stop)
+            g = chunk.to(self.dtype)
+            if self.spec.norm == "channel":
+                weight_grad += (g * x).sum(0)
+                bias_grad += g.sum(0)
+                gw = g * self.weight
+                dx = gw.sub_(gw.mean(1, keepdim=True)).sub_(x * (gw * x).mean(1, keepdim=True))
+                var, _ = torch.var_mean(self.pre[row, start:stop].to(self.dtype), dim=1, keepdim=True, unbiased=False)
+                dx.mul_(torch.rsqrt(var + self.spec.eps))
+            else:
+                dx = (g * self.weight).sub_(mean_g[row]).sub_(x.mul_(mean_gx[row])).mul_(self.rstd[row])
+                if self.valid[row] < stop:
+                    dx[max(self.valid[row] - start, 0):] = 0
+            chunk.copy_(dx)
+        return weight_grad.to(self.weight_dtype()), bias_grad.to(self.weight_dtype())
+
+    def weight_dtype(self) -> torch.dtype:
+        return self.pre.dtype if self.weight is None else self.weight.dtype
+
+
+def _time_statistics(pre: Tensor, valid: Sequence[int], eps: float, dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
+    """Per row and channel mean and 1/std over each row's valid frames, ``(batch, channels)`` each.
+
+    Two passes (mean, then centred squares) for accuracy, chunked so that no full-size copy is made.
+    """
+    batch, _, channels = pre.shape
+    mean = torch.zeros(batch, channels, dtype=dtype, device=pre.device)
+    rstd = torch.ones(batch, channels, dtype=dtype, device=pre.device)
+    for row in range(batch):
+        if valid[row] == 0:
+            continue
+        total = torch.zeros(channels, dtype=dtype, device=pre.device)
+        for start, stop in _spans(valid[row]):
+            total += pre[row, start:stop].to(dtype).sum(0)
+        mean[row] = total / valid[row]
+        squares = torch.zeros(channels, dtype=dtype, device=pre.device)
+        for start, stop in _spans(valid[row]):
+            squares += (pre[row, start:stop].to(dtype) - mean[row]).square_().sum(0)
+        rstd[row] = torch.rsqrt(squares / valid[row] + eps)
+    return mean, rstd
+
+
+def _spans(frames: int) -> List[Tuple[int, int]]:
+    return [(start, min(start + CHUNK_FRAMES, frames)) for start in range(0, frames, CHUNK_FRAMES)]
+
+
+def _chunks(shape: Sequence[int]) -> List[Tuple[int, int, int]]:
+    """``(row, start, stop)`` over a ``(batch, frames, ...)`` tensor in chunks of CHUNK_FRAMES."""
+    return [(row, start, stop) for row in range(shape[0]) for start, stop in _spans(shape[1])]
+
+
+def _split(params: Sequence[Tensor], specs: Sequence[_LayerSpec]
+           ) -> List[Tuple[Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]]:
+    """Per layer ``(conv weight, conv bias, norm weight, norm bias)`` from the flat list."""
+    out, at = [], 0
+    for spec in specs:
+        weight = params[at]
+        at += 1
+        bias = None
+        if spec.has_bias:
+            bias, at = params[at], at + 1
+        norm_weight = norm_bias = None
+        if spec.norm is not None:
+            norm_weight, norm_bias, at = params[at], params[at + 1], at + 2
+        out.append((weight, bias, norm_weight, norm_bias))
+    return out
+
+
+def _tap_groups(kernel: int, stride: int) -> List[Tuple[int, int]]:
+    """``(first tap, taps)`` groups: within one group the taps of an output frame are contiguous
+    input frames and the rows of consecutive output frames do not overlap."""
+    return [(first, min(stride, kernel - first)) for first in range(0, kernel, stride)]
+
+
+def _rows(x: Tensor, first: int, taps: int, stride: int, frames: int) -> Tensor:
+    """``(frames, taps * channels)`` view of ``x (time, channels)``: output frame ``t`` reads input
+    frames ``stride * t + first ... + taps - 1``, flattened frame-major. ``x`` must be contiguous."""
+    channels = x.shape[1]
+    return x.as_strided((frames, taps * channels), (stride * channels, 1),
+                        x.storage_offset() + first * channels)
+
+
+def _tap_matrix(weight: Tensor, first: int, taps: int) -> Tensor:
+    """``(taps * in_channels, out_channels)`` slice of a Conv1d weight matching :func:`_rows`."""
+    return weight[:, :, first:first + taps].permute(2, 1, 0).reshape(taps * weight.shape[1], weight.shape[0])
+
+
+def _output_frames(input_frames: int, kernel: int, stride: int) -> int:
+    frames = (input_frames - kernel) // stride + 1
+    if frames <= 0:
+        raise ValueError(f"conv_features: an input of {input_frames} frames is shorter than a kernel of {kernel}")
+    return frames
+
+
+def _conv_chunks(frames: int, kernel: int, stride: int) -> List[Tuple[int, int, int, int]]:
+    """Output frame chunks ``(start, stop)`` with the input frames ``(in_start, in_stop)`` they read."""
+    return [(start, stop, stride * start, stride * (stop - 1) + kernel) for start, stop in _spans(frames)]
+
+
+def _conv(layer_input: LayerInput, input_shape: Sequence[int], weight: Tensor, stride: int) -> Tensor:
+    """Unpadded Conv1d over a channels-last input ``(batch, time, in)`` → ``(batch, frames, out)``."""
+    kernel = weight.shape[2]
+    frames = _output_frames(input_shape[1], kernel, stride)
+    x0 = layer_input(0, 0, 1)
+    out = x0.new_empty(input_shape[0], frames, weight.shape[0])
+    matrices = [(first, taps, _tap_matrix(weight, first, taps).to(x0.dtype)) for first, taps in _tap_groups(kernel, stride)]
+    for row in range(input_shape[0]):
+        for start, stop, in_start, in_stop in _conv_chunks(frames, kernel, stride):
+            x = layer_input(row, in_start, in_stop).contiguous()
+            for number, (first, taps, matrix) in enumerate(matrices):
+                rows = _rows(x, first, taps, stride, stop - start)
+                if number == 0:
+                    torch.mm(rows, matrix, out=out[row, start:stop])
+                else:
+                    out[row, start:stop].addmm_(rows, matrix)
+    return out
+
+
+def _conv_weight_grad(layer_input: LayerInput, grad: Tensor, shape: torch.Size, stride: int) -> Tensor:
+    """Gradient of the Conv1d weight (``shape``) from its input (recomputed by chunks) and output gradient."""
+    out_channels, in_channels, kernel = shape
+    weight_grad = grad.new_zeros(kernel, in_channels, out_channels)
+    groups = _tap_groups(kernel, stride)
+    for row in range(grad.shape[0]):
+        for start, stop, in_start, in_stop in _conv_chunks(grad.shape[1], kernel, stride):
+            x = layer_input(row, in_start, in_stop).contiguous()
+            for first, taps in groups:
+                block = weight_grad[first:first + taps].view(taps * in_channels, out_channels)
+                block.addmm_(_rows(x, first, taps, stride, stop - start).t(), grad[row, start:stop])
+    return weight_grad.permute(2, 1, 0).contiguous()
+
+
+def _conv_input_grad(grad: Tensor, weight: Tensor, input_shape: Sequence[int], stride: int) -> Tensor:
+    """Gradient of a Conv1d's channels-last input ``input_shape`` given the output gradient."""
+    kernel = weight.shape[2]
+    frames = grad.shape[1]
+    input_grad = grad.new_zeros(input_shape)
+    for first, taps in _tap_groups(kernel, stride):
+        matrix_t = _tap_matrix(weight, first, taps).to(grad.dtype).t()
+        for row in range(grad.shape[0]):
+            _rows(input_grad[row], first, taps, stride, frames).addmm_(grad[row], matrix_t)
+    return input_grad
