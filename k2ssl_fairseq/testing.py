@@ -174,3 +174,47 @@ def golden_dir() -> Path:
     ``K2SSL_GOLDEN_DIR`` overrides the location.
     """
     return Path(os.environ.get("K2SSL_GOLDEN_DIR", PLUGIN_DIR.parent.parent / "shared" / "golden"))
+
+
+def stock_hubert_ctc_checkpoint(pretrained: Path, data: Path, out: Path, seed: int = 0) -> Path:
+    """Write a fine-tuned ``hubert_ctc`` checkpoint in fairseq's layout, made with fairseq's own model.
+
+    Stock fairseq cannot train ``hubert_ctc`` (its encoder reads ``cfg.autoregressive``, a key
+    ``HubertCtcConfig`` lacks), so the model is built in-process by
+    ``conversion.hubert_ctc.build_stock_model`` from the pre-training checkpoint ``pretrained``, its head
+    and weights perturbed as a few updates would, and saved as fairseq's trainer saves: full config
+    (``model.w2v_args`` empty, ``w2v_path`` set), ``model``, ``task_state``, ``optimizer_history``.
+    """
+    import torch
+    from fairseq import tasks
+    from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
+    from omegaconf import OmegaConf
+
+    from . import compat
+    from .conversion.hubert_ctc import build_stock_model
+
+    pre = compat.load_checkpoint(pretrained)
+    cfg = OmegaConf.to_container(pre["cfg"], resolve=True) if OmegaConf.is_config(pre["cfg"]) else dict(pre["cfg"])
+    cfg["task"] = {**OmegaConf.to_container(OmegaConf.structured(HubertPretrainingConfig(
+        data=str(data), label_dir=str(data), labels=["ltr"], fine_tuning=True, single_target=True, normalize=False))),
+        "_name": "hubert_pretraining"}
+    cfg["model"] = {"_name": "hubert_ctc", "w2v_path": str(pretrained), "w2v_args": None, "apply_mask": True,
+                    "mask_prob": 0.5, "mask_length": 5, "mask_channel_prob": 0.25, "mask_channel_length": 8,
+                    "layerdrop": 0.1, "dropout": 0.0, "activation_dropout": 0.1, "attention_dropout": 0.0,
+                    "feature_grad_mult": 0.0, "freeze_finetune_updates": 100, "final_dropout": 0.1}
+    cfg["criterion"] = {"_name": "ctc", "zero_infinity": True}
+    task = tasks.setup_task(OmegaConf.create(cfg["task"]))
+    task.target_dictionary  # the task state is lazy: load it so that it is saved, as in training
+    checkpoint = {"cfg": cfg, "task_state": task.state_dict(), "model": {}}
+    torch.manual_seed(seed)
+    model = build_stock_model(checkpoint, str(out), load_weights=False)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.01 * (param.std() if param.numel() > 1 else 1.0))
+    checkpoint.update(model=model.state_dict(), extra_state={}, last_optimizer_state=None,
+                      optimizer_history=[{"criterion_name": "CtcCriterion", "optimizer_name": "FairseqAdam",
+                                          "lr_scheduler_state": {"best": None}, "num_updates": 3}])
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(checkpoint, out)
+    return out

@@ -148,7 +148,7 @@ def corrupt(checkpoint, how):
 
 @pytest.mark.parametrize("how, message", [
     ("unknown_model", r"model._name is 'wav2vec2'"),
-    ("ctc", r"fine-tuned hubert_ctc checkpoints are not converted yet"),
+    ("ctc", r"a fine-tuned hubert_ctc checkpoint converts to k2ssl_ctc \(--to k2ssl_ctc\)"),
     ("missing_tensor", r"weights do not match .*missing encoder.layers.1.fc1.weight"),
     ("config_disagrees", r"weights do not match .*missing encoder.layers.2."),
     ("wrong_shape", r"weights do not match .*label_embs_concat has shape \(10, 32\), config says \(24, 32\)"),

@@ -17,10 +17,7 @@ and only the config is rewritten:
 Before converting, the source is rebuilt from its own config and its weights are loaded strictly, so
 an unknown model, a config that does not describe the weights, or a ``k2ssl_hubert`` with the linear
 head (no stock equivalent) is refused with the file name and the reason. Fine-tuned ``hubert_ctc``
-checkpoints are refused for now: they point at their pre-training checkpoint through
-``model.w2v_path`` and cannot be loaded by stock fairseq at all (fairseq issue #4916). Convert that
-pre-training checkpoint instead, or fine-tune it with the plugin's ``k2ssl_ctc``
-(``model.pretrained_path``), which accepts stock ``hubert`` checkpoints directly.
+checkpoints are converted to ``k2ssl_ctc`` by ``conversion/hubert_ctc.py``.
 
 :func:`compare_models` is the ``--verify`` check: both models on the same random audio (eval,
 float32, the same pinned masks), max difference per layer output and of the losses.
@@ -83,9 +80,8 @@ def model_name(checkpoint: Mapping[str, Any], name: str) -> str:
     found = model_cfg.get("_name")
     if found == "hubert_ctc":
         raise CheckpointConversionError(
-            f"{name}: fine-tuned hubert_ctc checkpoints are not converted yet (they load their "
-            f"pre-training checkpoint from model.w2v_path; convert that one, or fine-tune it with "
-            f"k2ssl_ctc's model.pretrained_path)")
+            f"{name}: a fine-tuned hubert_ctc checkpoint converts to k2ssl_ctc (--to k2ssl_ctc), "
+            f"not to {PLUGIN_MODEL!r}/{STOCK_MODEL!r}")
     if found not in (STOCK_MODEL, PLUGIN_MODEL):
         raise CheckpointConversionError(
             f"{name}: model._name is {found!r}; only {STOCK_MODEL!r} and {PLUGIN_MODEL!r} "
@@ -125,13 +121,19 @@ def build_model(checkpoint: Mapping[str, Any], name: str) -> torch.nn.Module:
 
 def rewrite_config(cfg: Mapping[str, Any], target: str) -> Tuple[Dict[str, Any], List[str]]:
     """The target's config and the dotted names of the machine paths that were reset."""
-    cfg = copy.deepcopy(dict(cfg))
+    cfg, dropped = reset_machine_paths(cfg)
     model_cfg = cfg["model"]
     model_cfg["_name"] = target
     if target == STOCK_MODEL:
         model_cfg.pop("logit_mode", None)
     else:
         model_cfg.setdefault("logit_mode", "cosine")
+    return cfg, dropped
+
+
+def reset_machine_paths(cfg: Mapping[str, Any]) -> Tuple[Dict[str, Any], List[str]]:
+    """A deep copy of ``cfg`` with ``PORTABLE_DEFAULTS`` applied, and the dotted names that changed."""
+    cfg = copy.deepcopy(dict(cfg))
     dropped = []
     for (section, key), default in PORTABLE_DEFAULTS.items():
         group = cfg.get(section)
