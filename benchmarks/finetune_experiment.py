@@ -174,11 +174,16 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--pretrain-minutes", type=float, default=30.0, help="training-time budget per pre-training")
     parser.add_argument("--finetune-updates", type=int, default=2000, help="fine-tuning updates per system")
     parser.add_argument("--clusters", type=int, default=100, help="k-means clusters of the pre-training labels")
+    parser.add_argument("--finetune-lr", type=float,
+                        help="fine-tuning base lr for every system (default: the presets' k2SSL 1e-3, "
+                             "which is meant for runs of ~100k updates)")
     args = parser.parse_args(argv)
     corpus, work = args.corpus.resolve(), args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     settings = {"corpus": str(corpus), "pretrain_minutes": args.pretrain_minutes,
-                "finetune_updates": args.finetune_updates, "clusters": args.clusters}
+                "finetune_updates": args.finetune_updates, "clusters": args.clusters,
+                "finetune_lr": args.finetune_lr}
+    shared_finetune = [] if args.finetune_lr is None else [f"optimization.lr=[{args.finetune_lr}]"]
 
     labels_command = make_labels(corpus, work / "labels", args.clusters)
     zip_pre = pretrain_zipformer(corpus, work / "labels", args.pretrain_minutes, work / "zipformer_pt")
@@ -195,7 +200,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         run_dir = work / f"{name}_ft"
         record: Dict[str, Any] = {"system": name, "size": "tiny", "device": "cpu", "pretrain": pre,
                                   "labels_command": labels_command}
-        record["finetune"] = finetune(corpus, checkpoint, preset, args.finetune_updates, run_dir, extra)
+        record["finetune"] = finetune(corpus, checkpoint, preset, args.finetune_updates, run_dir,
+                                      [*shared_finetune, *extra])
         finetuned = run_dir / "ckpt" / "checkpoint_last.pt"
         record.update(parameter_count(finetuned))
         for subset in ("valid", "test"):
