@@ -10,13 +10,13 @@ dictionary indices, one pinned span mask at mask_prob 0.8), fp32, train mode, an
 loss with the feature penalty (``k2ssl_masked_prediction``, loss_weights [10]; for stock ``hubert``
 that criterion computes exactly the stock ``hubert`` criterion's loss).
 
-Each measurement runs in a fresh subprocess, so each peak is that system's own; the systems are
-interleaved for ``--repeats`` rounds and each keeps its fastest round (the least disturbed by other
-load). Memory on CPU: ``peak_memory_bytes`` is the process's resident high-water mark
+Each measurement runs in a fresh subprocess, so each peak is that system's own: ``--warmup`` untimed
+steps, then the timed one (steady state, not first-allocation costs); the systems are interleaved
+for ``--repeats`` rounds and each keeps its fastest round (the least disturbed by other load). Memory on CPU: ``peak_memory_bytes`` is the process's resident high-water mark
 (``ru_maxrss``, model and batch included); ``step_memory_bytes`` is that peak minus the resident size
 just before the step, i.e. what forward + backward added.
 
-    python benchmarks/bench_models.py --threads 2 --repeats 2 --output benchmarks/results/models_base_cpu.json
+    python benchmarks/bench_models.py --threads 2 --repeats 2 --warmup 1 --output benchmarks/results/models_base_cpu.json
 """
 import argparse
 import json
@@ -73,8 +73,8 @@ def build(system: str) -> torch.nn.Module:
     return model_class(cfg, HubertPretrainingConfig(label_rate=50, sample_rate=SAMPLE_RATE), [dictionary])
 
 
-def run_one(system: str, batch: int, seconds: float, threads: int) -> Dict[str, object]:
-    """One timed forward + backward of ``system``; returns its benchmark record."""
+def run_one(system: str, batch: int, seconds: float, threads: int, warmup: int) -> Dict[str, object]:
+    """``warmup`` untimed then one timed forward + backward of ``system``; returns its benchmark record."""
     from k2ssl_fairseq.criterions.masked_prediction import MaskedPredictionCriterion
     from k2ssl_fairseq.data.frames import conv_frames
     from k2ssl_fairseq.data.masking import compute_span_mask
@@ -96,24 +96,27 @@ def run_one(system: str, batch: int, seconds: float, threads: int) -> Dict[str, 
     else:
         sample["net_input"]["mask_indices"] = mask
     before = psutil.Process().memory_info().rss
-    start = time.perf_counter()
-    loss, sample_size, _ = criterion(model, sample)
-    loss.backward()
-    elapsed = time.perf_counter() - start
+    for _ in range(warmup + 1):  # the last step is timed: one-off costs (first allocations) are not
+        model.zero_grad(set_to_none=True)
+        start = time.perf_counter()
+        loss, sample_size, _ = criterion(model, sample)
+        loss.backward()
+        elapsed = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {
         "system": system, "size": "base", "device": "cpu", "batch_seconds": batch * seconds,
         "audio_seconds_per_second": batch * seconds / elapsed, "peak_memory_bytes": peak,
         "step_memory_bytes": peak - before, "data_wait_fraction": 0.0, "crop_waste_fraction": 0.0,
         "padding_fraction": 0.0, "loss_curve": [float(loss.detach()) / sample_size], "step_seconds": elapsed,
-        "masked_frames": int(sample_size), "threads": threads,
+        "masked_frames": int(sample_size), "threads": threads, "warmup_steps": warmup,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
 
 
 def measure(system: str, args: argparse.Namespace) -> Dict[str, object]:
     proc = subprocess.run([sys.executable, __file__, "--run-one", system, "--batch", str(args.batch),
-                           "--seconds", str(args.seconds), "--threads", str(args.threads)],
+                           "--seconds", str(args.seconds), "--threads", str(args.threads),
+                           "--warmup", str(args.warmup)],
                           capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:
         raise RuntimeError(f"{system} failed:\n{proc.stderr[-3000:]}")
@@ -126,12 +129,13 @@ def main(argv: List[str] = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds per utterance")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds; the fastest is kept")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps before the timed one (same process)")
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
     parser.add_argument("--output", type=Path, help="JSON file to write (default: print only)")
     parser.add_argument("--run-one", choices=SYSTEMS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.run_one:
-        print(json.dumps(run_one(args.run_one, args.batch, args.seconds, args.threads)))
+        print(json.dumps(run_one(args.run_one, args.batch, args.seconds, args.threads, args.warmup)))
         return 0
 
     rounds: Dict[str, List[Dict[str, object]]] = {s: [] for s in args.systems}
