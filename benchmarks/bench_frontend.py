@@ -1,0 +1,95 @@
+#!/usr/bin/env python
+"""The wav2vec2 CNN front-end alone: fairseq's module vs ``models/conv_frontend.py``, forward + backward.
+
+Same Base-size CNN (``[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2``, GroupNorm after the first
+layer, seed-0 weights), same ``--batch`` x ``--seconds`` of random audio, fp32, the output's gradient
+all ones. Each implementation runs in a fresh subprocess (its own peak RSS), ``--warmup`` untimed
+steps then a timed one; the two alternate for ``--repeats`` rounds and each keeps its fastest.
+
+    python benchmarks/bench_frontend.py --threads 2 --repeats 2 --output benchmarks/results/frontend_base_cpu.json
+"""
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Dict, List
+
+import psutil
+import torch
+
+from k2ssl_fairseq.benchmark import git_commit
+
+SYSTEMS = ("fairseq_module", "conv_frontend")
+LAYERS = [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
+
+
+def run_one(system: str, batch: int, seconds: float, threads: int, warmup: int) -> Dict[str, object]:
+    from fairseq.models.wav2vec.wav2vec2 import ConvFeatureExtractionModel
+
+    from k2ssl_fairseq.models.conv_frontend import conv_features
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    module = ConvFeatureExtractionModel(LAYERS)
+    source = torch.randn(batch, int(seconds * 16000))
+    before = psutil.Process().memory_info().rss
+    for _ in range(warmup + 1):
+        module.zero_grad(set_to_none=True)
+        start = time.perf_counter()
+        out = module(source) if system == "fairseq_module" else conv_features(module, source)
+        forward = time.perf_counter() - start
+        out.backward(torch.ones_like(out))
+        elapsed = time.perf_counter() - start
+        del out
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"system": system, "batch_seconds": batch * seconds, "step_seconds": elapsed, "forward_seconds": forward,
+            "peak_memory_bytes": peak, "step_memory_bytes": peak - before, "threads": threads, "warmup_steps": warmup}
+
+
+def main(argv: List[str] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=4, help="utterances per batch")
+    parser.add_argument("--seconds", type=float, default=10.0, help="seconds per utterance")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--repeats", type=int, default=2, help="alternating rounds; the fastest is kept")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps before the timed one")
+    parser.add_argument("--output", type=Path, help="JSON file to write (default: print only)")
+    parser.add_argument("--run-one", choices=SYSTEMS, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.run_one:
+        print(json.dumps(run_one(args.run_one, args.batch, args.seconds, args.threads, args.warmup)))
+        return 0
+    rounds: Dict[str, List[Dict[str, object]]] = {s: [] for s in SYSTEMS}
+    for _ in range(args.repeats):
+        for system in SYSTEMS:
+            proc = subprocess.run([sys.executable, __file__, "--run-one", system, "--batch", str(args.batch),
+                                   "--seconds", str(args.seconds), "--threads", str(args.threads),
+                                   "--warmup", str(args.warmup)], capture_output=True, text=True, check=True)
+            rounds[system].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    stock, ours = (min(rounds[s], key=lambda r: r["step_seconds"]) for s in SYSTEMS)
+    result = {
+        "fairseq_module": stock, "conv_frontend": ours,
+        "speed_vs_module": stock["step_seconds"] / ours["step_seconds"],
+        "peak_memory_vs_module": ours["peak_memory_bytes"] / stock["peak_memory_bytes"],
+        "step_memory_vs_module": ours["step_memory_bytes"] / stock["step_memory_bytes"],
+        "all_rounds_step_seconds": {s: [r["step_seconds"] for r in rounds[s]] for s in SYSTEMS},
+        "command": " ".join(["python", "benchmarks/bench_frontend.py", *sys.argv[1:]]), "git_commit": git_commit(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()} {psutil.cpu_count()} CPUs {psutil.virtual_memory().total / 2**30:.0f} GiB, "
+                   f"torch {torch.__version__}", "load_average": list(psutil.getloadavg()),
+    }
+    print(f"conv_frontend: {result['speed_vs_module']:.2f}x speed, {result['peak_memory_vs_module']:.3f}x peak "
+          f"memory, {result['step_memory_vs_module']:.3f}x step memory of fairseq's module")
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
