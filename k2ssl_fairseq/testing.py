@@ -18,6 +18,7 @@ import soundfile as sf
 from .data.frames import conv_frames
 
 PLUGIN_DIR = Path(__file__).resolve().parent
+REPO = PLUGIN_DIR.parent
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
@@ -218,3 +219,33 @@ def stock_hubert_ctc_checkpoint(pretrained: Path, data: Path, out: Path, seed: i
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(checkpoint, out)
     return out
+
+
+def write_zipformer_checkpoint(path: Path, seed: int = 0, num_clusters: int = 20):
+    """A ``zipformer_tiny`` pre-training checkpoint as fairseq writes it (cfg, model, task_state);
+    returns the model. Its task points at a directory that does not exist, as on another machine."""
+    import torch
+    from fairseq.data.dictionary import Dictionary
+    from omegaconf import OmegaConf
+
+    from .models.zipformer_ssl import ZipformerSslConfig, ZipformerSslModel
+
+    torch.manual_seed(seed)
+    preset = OmegaConf.load(REPO / "config" / "pretrain" / "zipformer_tiny.yaml").model
+    model_cfg = OmegaConf.merge(OmegaConf.structured(ZipformerSslConfig), preset,
+                                {"label_rate": 50, "sample_rate": 16000})
+    km = Dictionary()
+    for k in range(num_clusters):
+        km.add_symbol(str(k))
+    model = ZipformerSslModel(model_cfg, [len(km)])
+    torch.save({
+        "cfg": {"model": OmegaConf.to_container(model_cfg, resolve=True, enum_to_str=True),
+                "task": {"_name": "hubert_pretraining", "data": "/nonexistent", "labels": ["km"],
+                         "label_rate": 50, "sample_rate": 16000, "normalize": False}},
+        "model": model.state_dict(),
+        "task_state": {"dictionaries": [km]},
+        "optimizer_history": [{"criterion_name": "k2ssl_masked_prediction", "optimizer_name": "adam",
+                               "lr_scheduler_state": {}, "num_updates": 4}],
+        "extra_state": {"train_iterator": {}},
+    }, path)
+    return model

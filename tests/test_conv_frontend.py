@@ -135,3 +135,17 @@ def test_unsupported_module_layout_is_refused():
     module = ConvFeatureExtractionModel(LAYERS, dropout=0.1)
     with pytest.raises(ValueError, match="dropout"):
         conv_features(module.train(), torch.randn(1, 4000))
+
+
+def test_autocast_runs_the_front_end_in_the_autocast_dtype():
+    """Under autocast the convolutions run in its dtype (as the stock module's would); gradients
+    arrive in the parameters' dtype."""
+    module = extractor("default", False, torch.float32)
+    source = torch.randn(2, 4000)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        reference = module(source).transpose(1, 2)
+        ours = conv_features(module, source)
+    assert ours.dtype == reference.dtype == torch.bfloat16
+    assert max_relative_error([ours.float()], [reference.float()]) < 0.05
+    ours.float().square().sum().backward()
+    assert all(p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all() for p in module.parameters())

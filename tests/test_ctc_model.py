@@ -6,37 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 from fairseq import tasks
-from fairseq.data.dictionary import Dictionary
 from omegaconf import OmegaConf
 
 import k2ssl_fairseq.models.k2ssl_ctc  # noqa: F401  (registers k2ssl_ctc in this process)
-from k2ssl_fairseq.models.zipformer_ssl import ZipformerSslConfig, ZipformerSslModel
+from k2ssl_fairseq.testing import write_zipformer_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-NUM_KMEANS = 20
-
-
-def write_zipformer_checkpoint(path: Path, seed: int = 0) -> ZipformerSslModel:
-    """A pre-training checkpoint as fairseq writes it (cfg, model, task_state), tiny preset sizes."""
-    torch.manual_seed(seed)
-    preset = OmegaConf.load(REPO / "config" / "pretrain" / "zipformer_tiny.yaml").model
-    model_cfg = OmegaConf.merge(OmegaConf.structured(ZipformerSslConfig), preset,
-                                {"label_rate": 50, "sample_rate": 16000})
-    km = Dictionary()
-    for k in range(NUM_KMEANS):
-        km.add_symbol(str(k))
-    model = ZipformerSslModel(model_cfg, [len(km)])
-    torch.save({
-        "cfg": {"model": OmegaConf.to_container(model_cfg, resolve=True, enum_to_str=True),
-                "task": {"_name": "hubert_pretraining", "data": "/nonexistent", "labels": ["km"],
-                         "label_rate": 50, "sample_rate": 16000, "normalize": False}},
-        "model": model.state_dict(),
-        "task_state": {"dictionaries": [km]},
-        "optimizer_history": [{"criterion_name": "k2ssl_masked_prediction", "optimizer_name": "adam",
-                               "lr_scheduler_state": {}, "num_updates": 4}],
-        "extra_state": {"train_iterator": {}},
-    }, path)
-    return model
 
 
 def trainer_config(corpus: Path, pretrained: Path, **model_overrides) -> OmegaConf:
@@ -156,7 +131,7 @@ def test_record_persists_in_trainer_config_and_rebuilds_without_pretrained_file(
     model, task = build(root)
     assert root.model.encoder is not None
     assert root.model.encoder.model._name == "zipformer_ssl"
-    assert list(root.model.encoder.num_classes) == [NUM_KMEANS + 4]
+    assert list(root.model.encoder.num_classes) == [20 + 4]  # write_zipformer_checkpoint: 20 clusters
     state = model.state_dict()
     pretrained.unlink()
 

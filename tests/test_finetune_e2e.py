@@ -16,8 +16,8 @@ from omegaconf import OmegaConf
 
 import k2ssl_fairseq.models.k2ssl_ctc  # noqa: F401  (registers k2ssl_ctc in this process)
 from k2ssl_fairseq import compat
+from k2ssl_fairseq.testing import write_zipformer_checkpoint
 from k2ssl_fairseq.testing import hydra_train
-from test_ctc_model import write_zipformer_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "decode_ctc.py"

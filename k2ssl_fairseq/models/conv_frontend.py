@@ -60,14 +60,24 @@ def conv_features(extractor: nn.Module, source: Tensor, valid_frames: Optional[T
     elif valid_frames is not None:
         valid_frames = valid_frames.to("cpu", torch.long)
     source = source.contiguous()
+    dtype = compute_dtype(source)
     if grad_mult <= 0:
         with torch.no_grad():
-            return _ConvFrontEnd.apply(source, valid_frames, specs, False, *params)
+            return _ConvFrontEnd.apply(source, valid_frames, specs, False, dtype, *params)
     keep = torch.is_grad_enabled() and (source.requires_grad or any(p.requires_grad for p in params))
-    features = _ConvFrontEnd.apply(source, valid_frames, specs, keep, *params)
+    features = _ConvFrontEnd.apply(source, valid_frames, specs, keep, dtype, *params)
     if grad_mult != 1.0 and keep:
         features = GradMultiply.apply(features, grad_mult)
     return features
+
+
+def compute_dtype(source: Tensor) -> torch.dtype:
+    """The autocast dtype when autocast is on for ``source``'s device (fp16/bf16 convolutions, as
+    the stock module gets), else the input's dtype. The front-end then runs with autocast off."""
+    device_type = source.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return source.dtype
 
 
 def _receptive_field(specs: Sequence[_LayerSpec]) -> int:
@@ -88,7 +98,8 @@ def _describe(extractor: nn.Module) -> Tuple[Tuple[_LayerSpec, ...], List[Tensor
         if dropout.p != 0.0 and dropout.training:
             raise ValueError(f"conv_features: CNN layer {index} has dropout {dropout.p}; only 0 is supported")
         if conv.padding != (0,) or conv.dilation != (1,) or conv.groups != 1:
-            raise ValueError(f"conv_features: CNN layer {index} uses padding/dilation/groups, which fairseq's CNN never does")
+            raise ValueError(f"conv_features: CNN layer {index} uses padding/dilation/groups, "
+                             f"which fairseq's CNN never does")
         norm, eps = None, 0.0
         params.append(conv.weight)
         if conv.bias is not None:
@@ -97,12 +108,14 @@ def _describe(extractor: nn.Module) -> Tuple[Tuple[_LayerSpec, ...], List[Tensor
             module = block[2]
             if isinstance(module, nn.GroupNorm):
                 if module.num_groups != module.num_channels or not module.affine:
-                    raise ValueError(f"conv_features: CNN layer {index} GroupNorm must have one affine group per channel")
+                    raise ValueError(f"conv_features: CNN layer {index} GroupNorm must have one affine "
+                                     f"group per channel")
                 norm, eps = "time", module.eps
             else:
                 layer_norms = [m for m in module.modules() if isinstance(m, nn.LayerNorm)]
                 if len(layer_norms) != 1 or not layer_norms[0].elementwise_affine:
-                    raise TypeError(f"conv_features: CNN layer {index} norm is neither GroupNorm nor LayerNorm: {module}")
+                    raise TypeError(f"conv_features: CNN layer {index} norm is neither GroupNorm nor "
+                                    f"LayerNorm: {module}")
                 module, norm, eps = layer_norms[0], "channel", layer_norms[0].eps
             params.extend([module.weight, module.bias])
         specs.append(_LayerSpec(conv.kernel_size[0], conv.stride[0], conv.bias is not None, norm, eps))
@@ -113,54 +126,56 @@ class _ConvFrontEnd(torch.autograd.Function):
     """Forward keeps the convolution outputs only; backward recomputes norms and GELUs from them."""
 
     @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, source: Tensor, valid_frames: Optional[Tensor], specs: Tuple[_LayerSpec, ...],
-                keep: bool, *params: Tensor) -> Tensor:
-        x = source.unsqueeze(-1)
-        activations = []
-        for index, (spec, (weight, bias, norm_weight, norm_bias)) in enumerate(zip(specs, _split(params, specs))):
-            pre = _conv(lambda row, start, stop, x=x: x[row, start:stop], x.shape, weight, spec.stride)
-            if bias is not None:
-                pre += bias
-            activation = _Activation(pre, spec, norm_weight, norm_bias, valid_frames if index == 0 else None)
-            x = activation.full_output()
-            if keep:
-                activations.append(activation)
-            del pre, activation
+                keep: bool, dtype: torch.dtype, *params: Tensor) -> Tensor:
+        with torch.autocast(source.device.type, enabled=False):
+            x = source.to(dtype).unsqueeze(-1)
+            activations = []
+            for index, (spec, (weight, bias, norm_weight, norm_bias)) in enumerate(zip(specs, _split(params, specs))):
+                pre = _conv(lambda row, start, stop, x=x: x[row, start:stop], x.shape, weight, spec.stride)
+                if bias is not None:
+                    pre += bias.to(dtype)
+                activation = _Activation(pre, spec, norm_weight, norm_bias, valid_frames if index == 0 else None)
+                x = activation.full_output()
+                if keep:
+                    activations.append(activation)
+                del pre, activation
         if keep:
             # The activations hold intermediates (convolution outputs): kept on ctx rather than
             # save_for_backward so that backward can free each as soon as it is used.
             ctx.save_for_backward(source, *params)
-            ctx.specs, ctx.activations = specs, activations
+            ctx.specs, ctx.activations, ctx.dtype = specs, activations, dtype
         return x
 
     @staticmethod
-    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad: Tensor):
-        specs, activations = ctx.specs, ctx.activations
+        specs, activations, dtype = ctx.specs, ctx.activations, ctx.dtype
         ctx.activations = None
         source, *params = ctx.saved_tensors
         layer_params = _split(params, specs)
         grads: List[Tensor] = []
         source_grad = None
-        grad = grad.contiguous().clone()
-        for index in reversed(range(len(specs))):
-            spec, (weight, bias, _, _) = specs[index], layer_params[index]
-            norm_grads = activations[index].backward_(grad)
-            activations[index] = None
-            if index > 0:
-                layer_input, input_shape = activations[index - 1].output, activations[index - 1].shape
-            else:
-                layer_input, input_shape = (lambda row, start, stop: source[row, start:stop, None]), (*source.shape, 1)
-            layer_grads = [_conv_weight_grad(layer_input, grad, weight.shape, spec.stride)]
-            if bias is not None:
-                layer_grads.append(grad.sum((0, 1)))
-            grads[:0] = layer_grads + list(norm_grads)
-            if index > 0 or ctx.needs_input_grad[0]:
-                grad = _conv_input_grad(grad, weight, input_shape, spec.stride)
-                if index == 0:
-                    source_grad = grad.squeeze(-1)
-        return (source_grad, None, None, None, *grads)
+        with torch.autocast(source.device.type, enabled=False):
+            grad = grad.to(dtype).contiguous().clone()
+            audio = source.to(dtype)
+            for index in reversed(range(len(specs))):
+                spec, (weight, bias, _, _) = specs[index], layer_params[index]
+                norm_grads = activations[index].backward_(grad)
+                activations[index] = None
+                if index > 0:
+                    layer_input, input_shape = activations[index - 1].output, activations[index - 1].shape
+                else:
+                    layer_input, input_shape = (lambda row, start, stop: audio[row, start:stop, None]), (*audio.shape, 1)
+                layer_grads = [_conv_weight_grad(layer_input, grad, weight.shape, spec.stride)]
+                if bias is not None:
+                    layer_grads.append(grad.sum((0, 1), dtype=torch.promote_types(dtype, torch.float32)))
+                grads[:0] = layer_grads + list(norm_grads)
+                if index > 0 or ctx.needs_input_grad[0]:
+                    grad = _conv_input_grad(grad, weight, input_shape, spec.stride)
+                    if index == 0:
+                        source_grad = grad.squeeze(-1).to(source.dtype)
+        grads = [g.to(p.dtype) for g, p in zip(grads, params)]
+        return (source_grad, None, None, None, None, *grads)
 
 
 #: Frames per chunk of the element-wise recomputation (8 MB at 512 float32 channels).
@@ -352,9 +367,10 @@ def _conv(layer_input: LayerInput, input_shape: Sequence[int], weight: Tensor, s
     """Unpadded Conv1d over a channels-last input ``(batch, time, in)`` → ``(batch, frames, out)``."""
     kernel = weight.shape[2]
     frames = _output_frames(input_shape[1], kernel, stride)
-    x0 = layer_input(0, 0, 1)
-    out = x0.new_empty(input_shape[0], frames, weight.shape[0])
-    matrices = [(first, taps, _tap_matrix(weight, first, taps).to(x0.dtype)) for first, taps in _tap_groups(kernel, stride)]
+    first_frame = layer_input(0, 0, 1)
+    out = first_frame.new_empty(input_shape[0], frames, weight.shape[0])
+    matrices = [(first, taps, _tap_matrix(weight, first, taps).to(out.dtype))
+                for first, taps in _tap_groups(kernel, stride)]
     for row in range(input_shape[0]):
         for start, stop, in_start, in_stop in _conv_chunks(frames, kernel, stride):
             x = layer_input(row, in_start, in_stop).contiguous()
@@ -368,16 +384,21 @@ def _conv(layer_input: LayerInput, input_shape: Sequence[int], weight: Tensor, s
 
 
 def _conv_weight_grad(layer_input: LayerInput, grad: Tensor, shape: torch.Size, stride: int) -> Tensor:
-    """Gradient of the Conv1d weight (``shape``) from its input (recomputed by chunks) and output gradient."""
+    """Gradient of the Conv1d weight (``shape``) from its input (recomputed by chunks) and output
+    gradient; the chunks' products are summed in float32 at least."""
     out_channels, in_channels, kernel = shape
-    weight_grad = grad.new_zeros(kernel, in_channels, out_channels)
+    weight_grad = grad.new_zeros(kernel, in_channels, out_channels, dtype=torch.promote_types(grad.dtype, torch.float32))
     groups = _tap_groups(kernel, stride)
     for row in range(grad.shape[0]):
         for start, stop, in_start, in_stop in _conv_chunks(grad.shape[1], kernel, stride):
             x = layer_input(row, in_start, in_stop).contiguous()
             for first, taps in groups:
                 block = weight_grad[first:first + taps].view(taps * in_channels, out_channels)
-                block.addmm_(_rows(x, first, taps, stride, stop - start).t(), grad[row, start:stop])
+                rows = _rows(x, first, taps, stride, stop - start).t()
+                if block.dtype == grad.dtype:
+                    block.addmm_(rows, grad[row, start:stop])
+                else:
+                    block += torch.mm(rows, grad[row, start:stop])
     return weight_grad.permute(2, 1, 0).contiguous()
 
 

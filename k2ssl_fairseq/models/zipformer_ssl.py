@@ -81,7 +81,8 @@ class ZipformerSslConfig(FairseqDataclass):
 
     mask_prob: float = field(default=0.65, metadata={"help": "HuBERT span-mask probability (k2SSL recipes: 0.8)"})
     mask_length: int = field(default=10, metadata={"help": "span length of the time mask, in frames"})
-    mask_min_spans: int = field(default=2, metadata={"help": "minimum number of masked spans per utterance"})
+    mask_min_masks: int = field(default=2, metadata={"help": "minimum number of masked spans per utterance "
+                                                             "(as the task's setting of that name)"})
     logit_temp: float = field(default=0.1, metadata={"help": "the class logits are final_proj(x) / logit_temp"})
     skip_nomask: bool = field(default=False, metadata={"help": "do not compute logits on unmasked frames (they are only logged when pred_nomask_weight is 0)"})
 
@@ -204,7 +205,7 @@ class ZipformerSslModel(BaseFairseqModel):
         if mask:
             if mask_indices is None:
                 mask_indices = span_mask_tensor(frame_padding, batch, num_frames, self.cfg.mask_prob,
-                                                self.cfg.mask_length, self.cfg.mask_min_spans)
+                                                self.cfg.mask_length, self.cfg.mask_min_masks)
             mask_indices = mask_indices[:, :num_frames].to(x.device)
             if mask_indices.shape != (batch, num_frames):
                 raise ValueError(f"zipformer_ssl: mask_indices has shape {tuple(mask_indices.shape)}, "
