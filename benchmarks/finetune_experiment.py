@@ -32,13 +32,14 @@ import shlex
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from k2ssl_fairseq.testing import hydra_train, stock_hubert_config_dir  # noqa: E402
+from k2ssl_fairseq.testing import hydra_train, hydra_train_command, stock_hubert_config_dir  # noqa: E402
 from k2ssl_fairseq.benchmark import git_commit
 
 #: Stock HuBERT shrunk to about the Zipformer tiny preset's parameter count (both counted and reported).
@@ -93,11 +94,8 @@ def pretrain_overrides(corpus: Path, labels: Path, minutes: float) -> List[str]:
 
 
 def pretrain_zipformer(corpus: Path, labels: Path, minutes: float, run_dir: Path) -> Dict[str, Any]:
-    started = time.perf_counter()
     overrides = pretrain_overrides(corpus, labels, minutes) + ["task.max_duration=null"]  # batch from max_tokens
-    proc = hydra_train(overrides, run_dir,
-                       config_dir=REPO / "config" / "pretrain", config_name="zipformer_tiny", timeout=None)
-    return trained(proc, time.perf_counter() - started)
+    return train_once(overrides, run_dir, REPO / "config" / "pretrain", "zipformer_tiny")
 
 
 def pretrain_hubert(corpus: Path, labels: Path, minutes: float, run_dir: Path) -> Dict[str, Any]:
@@ -106,21 +104,42 @@ def pretrain_hubert(corpus: Path, labels: Path, minutes: float, run_dir: Path) -
              for k, v in HUBERT_TINY.items()]
     overrides = pretrain_overrides(corpus, labels, minutes) + sizes + [
         "model.label_rate=50", "lr_scheduler.warmup_updates=100", "common.fp16=false"]
+    return train_once(overrides, run_dir, stock_hubert_config_dir(), "hubert_base_librispeech")
+
+
+def train_once(overrides: Sequence[str], run_dir: Path, config_dir: Path, config_name: str,
+               env: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+    """Run a hydra training unless ``run_dir/record.json`` shows this exact command already ran.
+
+    Reuse lets the fine-tuning stage be rerun with other settings on the same pre-trained models.
+    """
+    record_file = run_dir / "record.json"
+    command = shlex.join(hydra_train_command(overrides, run_dir, config_dir, config_name))
+    if record_file.is_file():
+        record = json.loads(record_file.read_text())
+        if record["command"] == command and (run_dir / "ckpt" / "checkpoint_last.pt").is_file():
+            return {**record, "reused": True}
     started = time.perf_counter()
-    proc = hydra_train(overrides, run_dir, config_dir=stock_hubert_config_dir(),
-                       config_name="hubert_base_librispeech", timeout=None)
-    return trained(proc, time.perf_counter() - started)
+    proc = hydra_train(overrides, run_dir, config_dir=config_dir, config_name=config_name, timeout=None, env=env)
+    record = trained(proc, time.perf_counter() - started)
+    record_file.write_text(json.dumps(record, indent=2) + "\n")
+    return record
 
 
 def finetune(corpus: Path, pretrained: Path, preset: str, updates: int, run_dir: Path,
-             extra: Sequence[str] = ()) -> Dict[str, Any]:
-    """The shared fine-tuning: no validation (the decoder scores valid), one save at the end (no selection)."""
+             extra: Sequence[str] = (), threads: Optional[int] = None) -> Dict[str, Any]:
+    """The shared fine-tuning: validation on ``valid`` after every epoch (CTC loss, UER, WER in the
+    log; nothing is selected on it), one save at the end, which is what gets decoded."""
     overrides = [f"task.data={corpus}", f"task.label_dir={corpus}", f"model.pretrained_path={pretrained}",
-                 f"optimization.max_update={updates}", "dataset.disable_validation=true",
-                 "checkpoint.save_interval=100000", *extra]
-    started = time.perf_counter()
-    proc = hydra_train(overrides, run_dir, config_dir=REPO / "config" / "finetune", config_name=preset, timeout=None)
-    return trained(proc, time.perf_counter() - started)
+                 f"optimization.max_update={updates}", "dataset.disable_validation=false",
+                 "dataset.validate_interval=1", "checkpoint.save_interval=100000", *extra]
+    env = None if threads is None else {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    record = train_once(overrides, run_dir, REPO / "config" / "finetune", preset, env)
+    valid = logged((run_dir / "train.log").read_text(), "valid")
+    record["valid_curve"] = [{"epoch": v.get("epoch"), "updates": int(float(v["valid_num_updates"])),
+                              "ctc_loss_per_letter": float(v.get("valid_nll_loss", v["valid_loss"])), "uer": float(v["valid_uer"]),
+                              "wer": float(v["valid_wer"])} for v in valid]
+    return record
 
 
 def decode(checkpoint: Path, corpus: Path, subset: str, out: Path) -> Dict[str, Any]:
@@ -174,6 +193,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--pretrain-minutes", type=float, default=30.0, help="training-time budget per pre-training")
     parser.add_argument("--finetune-updates", type=int, default=2000, help="fine-tuning updates per system")
     parser.add_argument("--clusters", type=int, default=100, help="k-means clusters of the pre-training labels")
+    parser.add_argument("--finetune-overrides", nargs="*", default=[],
+                        help="extra hydra overrides for every fine-tuning, e.g. model.mask_prob=0.3")
+    parser.add_argument("--parallel", action="store_true",
+                        help="run the three fine-tunings at once, one thread each")
     parser.add_argument("--finetune-lr", type=float,
                         help="fine-tuning base lr for every system (default: the presets' k2SSL 1e-3, "
                              "which is meant for runs of ~100k updates)")
@@ -182,8 +205,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     settings = {"corpus": str(corpus), "pretrain_minutes": args.pretrain_minutes,
                 "finetune_updates": args.finetune_updates, "clusters": args.clusters,
-                "finetune_lr": args.finetune_lr}
-    shared_finetune = [] if args.finetune_lr is None else [f"optimization.lr=[{args.finetune_lr}]"]
+                "finetune_lr": args.finetune_lr, "finetune_overrides": args.finetune_overrides,
+                "parallel": args.parallel}
+    shared_finetune = ([] if args.finetune_lr is None else [f"optimization.lr=[{args.finetune_lr}]"]) + list(
+        args.finetune_overrides)
 
     labels_command = make_labels(corpus, work / "labels", args.clusters)
     zip_pre = pretrain_zipformer(corpus, work / "labels", args.pretrain_minutes, work / "zipformer_pt")
@@ -195,23 +220,32 @@ def main(argv: Optional[List[str]] = None) -> None:
         ("zipformer_scratch", None, zip_ckpt, "zipformer_tiny", ["model.pretrained_weights=false"]),
         ("hubert_pretrained", hub_pre, hub_ckpt, "hubert_tiny", []),
     ]
+
+    def finetune_system(system) -> Dict[str, Any]:
+        name, _, checkpoint, preset, extra = system
+        return finetune(corpus, checkpoint, preset, args.finetune_updates, work / f"{name}_ft",
+                        [*shared_finetune, *extra], threads=1 if args.parallel else None)
+
+    if args.parallel:  # one thread each: tiny models use a core better than two cores share one model
+        with ThreadPoolExecutor(len(systems)) as pool:
+            finetuned = list(pool.map(finetune_system, systems))
+    else:
+        finetuned = [finetune_system(system) for system in systems]
     records = []
-    for name, pre, checkpoint, preset, extra in systems:
+    for (name, pre, _, _, _), finetune_record in zip(systems, finetuned):
         run_dir = work / f"{name}_ft"
         record: Dict[str, Any] = {"system": name, "size": "tiny", "device": "cpu", "pretrain": pre,
-                                  "labels_command": labels_command}
-        record["finetune"] = finetune(corpus, checkpoint, preset, args.finetune_updates, run_dir,
-                                      [*shared_finetune, *extra])
-        finetuned = run_dir / "ckpt" / "checkpoint_last.pt"
-        record.update(parameter_count(finetuned))
+                                  "labels_command": labels_command, "finetune": finetune_record}
+        checkpoint = run_dir / "ckpt" / "checkpoint_last.pt"
+        record.update(parameter_count(checkpoint))
         for subset in ("valid", "test"):
-            record[subset] = decode(finetuned, corpus, subset, run_dir / f"decode_{subset}")
+            record[subset] = decode(checkpoint, corpus, subset, run_dir / f"decode_{subset}")
         record.update(command=shlex.join([sys.executable, *sys.argv]), git_commit=git_commit(),
                       date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                       machine=f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip())
         records.append(record)
-        print(f"{name}: valid WER {record['valid']['wer']:.2f} test WER {record['test']['wer']:.2f}", flush=True)
-        write_results(args.results, records, settings)
+        print(f"{name}: valid WER {record['valid']['wer']:.2f} CER {record['valid']['cer']:.2f}", flush=True)
+    write_results(args.results, records, settings)
 
 
 def write_results(results: Path, records: List[Dict[str, Any]], settings: Dict[str, Any]) -> None:

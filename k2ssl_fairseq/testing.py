@@ -130,6 +130,21 @@ def stock_hubert_tiny_overrides(data: Path, max_update: int = 4) -> List[str]:
     ]
 
 
+def hydra_train_command(overrides: Sequence[str], run_dir: Path, config_dir: Optional[Path] = None,
+                        config_name: str = "hubert_base_librispeech") -> List[str]:
+    """The ``fairseq-hydra-train`` command line :func:`hydra_train` runs."""
+    run_dir = Path(run_dir).resolve()
+    exe = Path(sys.executable).parent / "fairseq-hydra-train"
+    return [
+        str(exe), "--config-dir", str(config_dir or stock_hubert_config_dir()), "--config-name", config_name,
+        f"hydra.run.dir={run_dir}", f"checkpoint.save_dir={run_dir / 'ckpt'}", f"common.user_dir={PLUGIN_DIR}",
+        "common.cpu=true", "common.fp16=false", "common.tensorboard_logdir=null", "common.log_interval=1",
+        "common.log_format=json", "distributed_training.distributed_world_size=1",
+        "distributed_training.nprocs_per_node=1", "dataset.num_workers=0",
+        *overrides,
+    ]
+
+
 def hydra_train(
     overrides: Sequence[str],
     run_dir: Path,
@@ -149,15 +164,7 @@ def hydra_train(
     """
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    exe = Path(sys.executable).parent / "fairseq-hydra-train"
-    cmd = [
-        str(exe), "--config-dir", str(config_dir or stock_hubert_config_dir()), "--config-name", config_name,
-        f"hydra.run.dir={run_dir}", f"checkpoint.save_dir={run_dir / 'ckpt'}", f"common.user_dir={PLUGIN_DIR}",
-        "common.cpu=true", "common.fp16=false", "common.tensorboard_logdir=null", "common.log_interval=1",
-        "common.log_format=json", "distributed_training.distributed_world_size=1",
-        "distributed_training.nprocs_per_node=1", "dataset.num_workers=0",
-        *overrides,
-    ]
+    cmd = hydra_train_command(overrides, run_dir, config_dir, config_name)
     full_env = dict(os.environ)
     full_env.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
     full_env.update(env or {})
