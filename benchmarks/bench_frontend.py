@@ -10,19 +10,17 @@ steps then a timed one; the two alternate for ``--repeats`` rounds and each keep
 """
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, List
 
 import psutil
 import torch
 
-from k2ssl_fairseq.benchmark import git_commit
+from k2ssl_fairseq.benchmark import provenance
 
 SYSTEMS = ("fairseq_module", "conv_frontend")
 LAYERS = [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
@@ -78,10 +76,7 @@ def main(argv: List[str] = None) -> int:
         "peak_memory_vs_module": ours["peak_memory_bytes"] / stock["peak_memory_bytes"],
         "step_memory_vs_module": ours["step_memory_bytes"] / stock["step_memory_bytes"],
         "all_rounds_step_seconds": {s: [r["step_seconds"] for r in rounds[s]] for s in SYSTEMS},
-        "command": " ".join(["python", "benchmarks/bench_frontend.py", *sys.argv[1:]]), "git_commit": git_commit(),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()} {psutil.cpu_count()} CPUs {psutil.virtual_memory().total / 2**30:.0f} GiB, "
-                   f"torch {torch.__version__}", "load_average": list(psutil.getloadavg()),
+        **provenance("benchmarks/bench_frontend.py", sys.argv[1:]),
     }
     print(f"conv_frontend: {result['speed_vs_module']:.2f}x speed, {result['peak_memory_vs_module']:.3f}x peak "
           f"memory, {result['step_memory_vs_module']:.3f}x step memory of fairseq's module")

@@ -20,12 +20,10 @@ just before the step, i.e. what forward + backward added.
 """
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Dict, List
@@ -33,7 +31,7 @@ from typing import Dict, List
 import numpy as np
 import psutil
 import torch
-from k2ssl_fairseq.benchmark import git_commit
+from k2ssl_fairseq.benchmark import provenance
 
 SYSTEMS = ("hubert", "k2ssl_hubert_cosine", "k2ssl_hubert_linear", "zipformer_ssl")
 #: Targets from the issues: Zipformer vs stock (issue B) and k2ssl_hubert cosine vs stock (issue E).
@@ -147,15 +145,9 @@ def main(argv: List[str] = None) -> int:
     for system in args.systems:
         best = min(rounds[system], key=lambda r: r["step_seconds"])
         best["step_seconds_all_rounds"] = [r["step_seconds"] for r in rounds[system]]
-        best["load_average"] = list(psutil.getloadavg())
         records.append(best)
     stock = next((r for r in records if r["system"] == "hubert"), None)
-    provenance = {
-        "command": " ".join(["python", "benchmarks/bench_models.py", *sys.argv[1:]]), "git_commit": git_commit(),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()} {psutil.cpu_count()} CPUs "
-                   f"{psutil.virtual_memory().total / 2**30:.0f} GiB, torch {torch.__version__}",
-    }
+    run_record = provenance("benchmarks/bench_models.py", sys.argv[1:])
     for record in records:
         if stock is not None and record is not stock:
             record["speed_vs_hubert"] = record["audio_seconds_per_second"] / stock["audio_seconds_per_second"]
@@ -165,7 +157,7 @@ def main(argv: List[str] = None) -> int:
                   f"{record['peak_memory_vs_hubert']:.3f}x peak memory of stock hubert", flush=True)
         if record["system"] in TARGETS:
             record["targets"] = TARGETS[record["system"]]
-        record.update(provenance)
+        record.update(run_record)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(records, indent=2) + "\n")

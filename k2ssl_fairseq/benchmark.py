@@ -213,6 +213,19 @@ def git_commit() -> str:
     return (head or "unknown") + ("+uncommitted" if dirty.strip() else "")
 
 
+def provenance(script: str, argv: Sequence[str]) -> Dict[str, Any]:
+    """What a benchmark results file records about its run: command, commit, date, machine, load."""
+    import psutil
+
+    return {
+        "command": " ".join(["python", script, *argv]), "git_commit": git_commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()} {psutil.cpu_count()} CPUs {psutil.virtual_memory().total / 2**30:.0f} GiB, "
+                   f"torch {torch.__version__}",
+        "load_average": list(psutil.getloadavg()),
+    }
+
+
 def _machine(device: str) -> str:
     if device == "cuda" and torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)}; {os.cpu_count()} CPU cores"
