@@ -26,27 +26,35 @@ SYSTEMS = ("fairseq_module", "conv_frontend")
 LAYERS = [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
 
 
-def run_one(system: str, batch: int, seconds: float, threads: int, warmup: int) -> Dict[str, object]:
+def run_one(system: str, batch: int, seconds: float, threads: int, warmup: int, device: str) -> Dict[str, object]:
     from fairseq.models.wav2vec.wav2vec2 import ConvFeatureExtractionModel
 
     from k2ssl_fairseq.models.conv_frontend import conv_features
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    module = ConvFeatureExtractionModel(LAYERS)
-    source = torch.randn(batch, int(seconds * 16000))
-    before = psutil.Process().memory_info().rss
+    module = ConvFeatureExtractionModel(LAYERS).to(device)
+    source = torch.randn(batch, int(seconds * 16000)).to(device)
+    cuda = device == "cuda"
+    before = torch.cuda.memory_allocated() if cuda else psutil.Process().memory_info().rss
     for _ in range(warmup + 1):
         module.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize()
         start = time.perf_counter()
         out = module(source) if system == "fairseq_module" else conv_features(module, source)
+        if cuda:
+            torch.cuda.synchronize()
         forward = time.perf_counter() - start
         out.backward(torch.ones_like(out))
+        if cuda:
+            torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
         del out
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # CPU: the process's resident high-water mark; CUDA: the allocator's peak (tensors only)
+    peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"system": system, "batch_seconds": batch * seconds, "step_seconds": elapsed, "forward_seconds": forward,
-            "peak_memory_bytes": peak, "step_memory_bytes": peak - before, "threads": threads, "warmup_steps": warmup}
+            "peak_memory_bytes": peak, "step_memory_bytes": peak - before, "threads": threads, "warmup_steps": warmup, "device": device}
 
 
 def main(argv: List[str] = None) -> int:
@@ -56,18 +64,20 @@ def main(argv: List[str] = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--repeats", type=int, default=2, help="alternating rounds; the fastest is kept")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps before the timed one")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--output", type=Path, help="JSON file to write (default: print only)")
     parser.add_argument("--run-one", choices=SYSTEMS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.run_one:
-        print(json.dumps(run_one(args.run_one, args.batch, args.seconds, args.threads, args.warmup)))
+        print(json.dumps(run_one(args.run_one, args.batch, args.seconds, args.threads, args.warmup, args.device)))
         return 0
     rounds: Dict[str, List[Dict[str, object]]] = {s: [] for s in SYSTEMS}
     for _ in range(args.repeats):
         for system in SYSTEMS:
             proc = subprocess.run([sys.executable, __file__, "--run-one", system, "--batch", str(args.batch),
                                    "--seconds", str(args.seconds), "--threads", str(args.threads),
-                                   "--warmup", str(args.warmup)], capture_output=True, text=True, check=True)
+                                   "--warmup", str(args.warmup), "--device", args.device],
+                                  capture_output=True, text=True, check=True)
             rounds[system].append(json.loads(proc.stdout.strip().splitlines()[-1]))
     stock, ours = (min(rounds[s], key=lambda r: r["step_seconds"]) for s in SYSTEMS)
     result = {

@@ -38,6 +38,9 @@ echo "== Base A/B benchmark at recipe batch sizes"
 python3 -m k2ssl_fairseq.benchmark --data "$work/data" --label-dir "$work/data" --size base --device cuda \
   --updates 6 --warmup 2 --out "$out/ab_base"
 
+echo "== CNN front-end: fairseq's module vs conv_frontend (CUDA, 8 x 15 s)"
+python3 benchmarks/bench_frontend.py --device cuda --batch 8 --seconds 15 --repeats 2 \
+  --output "$out/frontend_cuda.json" 2>&1 | tail -3
 if [ -f benchmarks/bench_loader.py ]; then
   echo "== loader benchmark"
   python3 benchmarks/bench_loader.py --out "$out/loader.json" 2>&1 | tail -20
