@@ -41,6 +41,14 @@ def conv_frames(num_samples: Count, conv_layers: Sequence[Sequence[int]] = WAV2V
     return frames
 
 
+def receptive_field(conv_layers: Sequence[Sequence[int]] = WAV2VEC2_CONV_LAYERS) -> int:
+    """Fewest samples that give one output frame (400 for wav2vec2)."""
+    samples = 1
+    for _, kernel, stride in reversed(list(conv_layers)):
+        samples = (samples - 1) * stride + kernel
+    return samples
+
+
 def conv_stride(conv_layers: Sequence[Sequence[int]] = WAV2VEC2_CONV_LAYERS) -> int:
     """Total stride (samples per frame) of a convolution stack: 320 for wav2vec2."""
     stride = 1

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from fairseq.modules import GradMultiply
 from torch import Tensor
 
+from ..data.frames import conv_frames, receptive_field
+
 
 class _LayerSpec(NamedTuple):
     """What the autograd function needs to know about one CNN layer besides its tensors."""
@@ -51,7 +53,7 @@ def conv_features(extractor: nn.Module, source: Tensor, valid_frames: Optional[T
             it without autograd (frozen front-end).
     """
     specs, params = _describe(extractor)
-    needed = _receptive_field(specs)
+    needed = receptive_field(_layers(specs))
     if source.dim() != 2 or source.shape[1] < needed:
         raise ValueError(f"conv_features: expected (batch, samples) audio of at least {needed} samples "
                          f"(one frame of the CNN), got shape {tuple(source.shape)}")
@@ -78,14 +80,6 @@ def compute_dtype(source: Tensor) -> torch.dtype:
     if torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return source.dtype
-
-
-def _receptive_field(specs: Sequence[_LayerSpec]) -> int:
-    """Samples needed for one output frame."""
-    field = 1
-    for spec in reversed(specs):
-        field = (field - 1) * spec.stride + spec.kernel
-    return field
 
 
 def _describe(extractor: nn.Module) -> Tuple[Tuple[_LayerSpec, ...], List[Tensor]]:
@@ -352,10 +346,15 @@ def _tap_matrix(weight: Tensor, first: int, taps: int) -> Tensor:
 
 
 def _output_frames(input_frames: int, kernel: int, stride: int) -> int:
-    frames = (input_frames - kernel) // stride + 1
+    frames = conv_frames(input_frames, [(0, kernel, stride)])
     if frames <= 0:
         raise ValueError(f"conv_features: an input of {input_frames} frames is shorter than a kernel of {kernel}")
     return frames
+
+
+def _layers(specs: Sequence[_LayerSpec]) -> List[Tuple[int, int, int]]:
+    """``(channels, kernel, stride)`` per layer, the form of ``data/frames.py`` (channels unused there)."""
+    return [(0, spec.kernel, spec.stride) for spec in specs]
 
 
 def _conv_chunks(frames: int, kernel: int, stride: int) -> List[Tuple[int, int, int, int]]:
