@@ -221,6 +221,7 @@ class _Activation:
         return F.gelu(self.normed(row, start, stop))
 
     def full_output(self) -> Tensor:
+        """The whole layer output (the next layer's input in forward)."""
         out = self.pre.new_empty(self.shape)
         for row, start, stop in _chunks(self.shape):
             out[row, start:stop] = self.output(row, start, stop)
@@ -272,10 +273,7 @@ class _Activation:
                 if self.valid[row] < stop:
                     dx[max(self.valid[row] - start, 0):] = 0
             chunk.copy_(dx)
-        return weight_grad.to(self.weight_dtype()), bias_grad.to(self.weight_dtype())
-
-    def weight_dtype(self) -> torch.dtype:
-        return self.pre.dtype if self.weight is None else self.weight.dtype
+        return weight_grad, bias_grad  # in the norm's compute dtype; backward casts to the parameters'
 
 
 def _time_statistics(pre: Tensor, valid: Sequence[int], eps: float, dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
