@@ -17,6 +17,7 @@ from k2ssl_fairseq.criterions.masked_prediction import MaskedPredictionCriterion
 from k2ssl_fairseq.data.frames import conv_frames
 from k2ssl_fairseq.data.masking import compute_span_mask
 from k2ssl_fairseq.models.k2ssl_hubert import K2sslHubertConfig, K2sslHubertModel, SdpaSelfAttention
+from k2ssl_fairseq.testing import assert_gradients_close
 
 TINY_CONV = "[(64,10,5)] + [(64,3,2)] * 4 + [(64,2,2)] * 2"
 TINY_CONV_LAYERS = ((64, 10, 5),) + ((64, 3, 2),) * 4 + ((64, 2, 2),) * 2
@@ -139,18 +140,6 @@ def test_cosine_gradients_equal_stock():
     ours_grads = {name: p.grad for name, p in ours.named_parameters()}
     assert [k for k, g in ours_grads.items() if g is None] == [k for k, g in stock_grads.items() if g is None]
     assert_gradients_close(ours_grads, stock_grads)
-
-
-def assert_gradients_close(got, expected, rtol=1e-4):
-    """Per tensor, max |diff| <= rtol * max |expected|. Key biases get an absolute floor: softmax
-    is invariant to them, so their true gradient is 0 and both sides hold only rounding noise."""
-    scale = max(g.abs().max().item() for g in expected.values() if g is not None)
-    for name, reference in expected.items():
-        if reference is None:
-            continue
-        floor = 1e-6 * scale if name.endswith("self_attn.k_proj.bias") else 0.0
-        error = (got[name] - reference).abs().max().item()
-        assert error <= rtol * max(reference.abs().max().item(), floor), (name, error)
 
 
 def test_masks_come_from_the_batch_when_given():

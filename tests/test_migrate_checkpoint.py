@@ -14,11 +14,11 @@ import pytest
 import torch
 from fairseq import checkpoint_utils
 from fairseq.models.hubert.hubert import HubertModel
-from test_k2ssl_hubert import assert_gradients_close
 from torchaudio.models.wav2vec2.utils import import_fairseq_model
 
 import k2ssl_fairseq  # noqa: F401  (compat layer + registrations)
 from k2ssl_fairseq import testing
+from k2ssl_fairseq.testing import assert_gradients_close
 from k2ssl_fairseq.conversion import hubert as conversion
 from k2ssl_fairseq.data.masking import compute_span_mask
 from k2ssl_fairseq.models.k2ssl_hubert import K2sslHubertModel

@@ -122,4 +122,6 @@ def test_script_converts_verifies_and_the_result_decodes(stock_ctc, tmp_path):
                           capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "decode" / "wer.json").read_text())
-    assert report["utterances"] == 4 and 0.0 <= report["wer"]
+    references = (tmp_path / "decode" / "ref.wrd").read_text().splitlines()
+    assert report["utterances"] == 4 and references == (data / "valid.wrd").read_text().splitlines()
+    assert len((tmp_path / "decode" / "hyp.wrd").read_text().splitlines()) == 4

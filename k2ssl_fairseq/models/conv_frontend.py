@@ -211,10 +211,14 @@ class _Activation:
         """The GELU input on frames ``start:stop`` of ``row``; padded frames (time norm) are zero."""
         if self.spec.norm is None:
             return self.pre[row, start:stop]
-        y = self._normalised(row, start, stop).mul_(self.weight).add_(self.bias)
+        return self._affine(self._normalised(row, start, stop), row, start, stop).to(self.pre.dtype)
+
+    def _affine(self, normalised: Tensor, row: int, start: int, stop: int) -> Tensor:
+        """``normalised * weight + bias`` (a new tensor), zero on the row's padded frames."""
+        y = normalised * self.weight + self.bias
         if self.valid[row] < stop:
             y[max(self.valid[row] - start, 0):] = 0
-        return y.to(self.pre.dtype)
+        return y
 
     def output(self, row: int, start: int, stop: int) -> Tensor:
         """The layer output ``GELU(norm(pre))`` on frames ``start:stop`` of ``row``."""
@@ -230,50 +234,53 @@ class _Activation:
     def backward_(self, grad: Tensor) -> Tuple[Tensor, ...]:
         """Turn ``grad`` (w.r.t. the output) in place into the gradient w.r.t. ``pre``.
 
-        Returns the norm weight and bias gradients (nothing without a norm). With ``x̂`` the
-        normalised input, ``g`` the gradient of the affine norm's output and ``w`` its weight:
-        ``dpre = rstd * (g w - mean(g w) - x̂ mean(g w x̂))`` with means over the normalised axis.
+        Returns the norm weight and bias gradients (nothing without a norm), in the norm's compute
+        dtype (backward casts them to the parameters'). With ``x̂`` the normalised input, ``g`` the
+        gradient of the affine norm's output and ``w`` its weight:
+        ``dpre = rstd * (g w - mean(g w) - x̂ mean(g w x̂))`` with means over the normalised axis,
+        which for LayerNorm is within a chunk (one pass) and for GroupNorm over a row's time (a
+        second pass applies the means).
         """
-        for row, start, stop in _chunks(self.shape):
-            chunk = grad[row, start:stop]
-            chunk.copy_(torch.ops.aten.gelu_backward(chunk, self.normed(row, start, stop)))
         if self.spec.norm is None:
+            for row, start, stop in _chunks(self.shape):
+                chunk = grad[row, start:stop]
+                chunk.copy_(torch.ops.aten.gelu_backward(chunk, self.pre[row, start:stop]))
             return ()
-        channels = self.shape[2]
+        batch, _, channels = self.shape
         weight_grad = grad.new_zeros(channels, dtype=self.dtype)
         bias_grad = grad.new_zeros(channels, dtype=self.dtype)
-        if self.spec.norm == "time":  # the means run over time: one pass for them, one to apply them
-            mean_g = grad.new_zeros(self.shape[0], channels, dtype=self.dtype)
-            mean_gx = grad.new_zeros(self.shape[0], channels, dtype=self.dtype)
-            for row, start, stop in _chunks(self.shape):
-                stop = min(stop, self.valid[row])
-                if stop <= start:
-                    continue
-                g, x = grad[row, start:stop].to(self.dtype), self._normalised(row, start, stop)
-                gx = (g * x).sum(0)
-                weight_grad += gx
-                bias_grad += g.sum(0)
-                mean_gx[row] += gx
-                mean_g[row] += g.sum(0)
-            counts = torch.tensor([max(v, 1) for v in self.valid], dtype=self.dtype, device=grad.device)[:, None]
-            mean_g.mul_(self.weight).div_(counts)
-            mean_gx.mul_(self.weight).div_(counts)
+        sum_g = grad.new_zeros(batch, channels, dtype=self.dtype)
+        sum_gx = grad.new_zeros(batch, channels, dtype=self.dtype)
         for row, start, stop in _chunks(self.shape):
             chunk, x = grad[row, start:stop], self._normalised(row, start, stop)
-            g = chunk.to(self.dtype)
+            normed = self._affine(x, row, start, stop).to(self.pre.dtype)
+            g = torch.ops.aten.gelu_backward(chunk, normed).to(self.dtype)
+            if self.valid[row] < stop:  # padded frames were set to a constant
+                g[max(self.valid[row] - start, 0):] = 0
+            gx = g * x
+            weight_grad += gx.sum(0)
+            bias_grad += g.sum(0)
             if self.spec.norm == "channel":
-                weight_grad += (g * x).sum(0)
-                bias_grad += g.sum(0)
-                gw = g * self.weight
-                dx = gw.sub_(gw.mean(1, keepdim=True)).sub_(x * (gw * x).mean(1, keepdim=True))
+                gw = g.mul_(self.weight)
+                dx = gw.sub_(gw.mean(1, keepdim=True)).sub_(x.mul_((gx.mul_(self.weight)).mean(1, keepdim=True)))
                 var, _ = torch.var_mean(self.pre[row, start:stop].to(self.dtype), dim=1, keepdim=True, unbiased=False)
-                dx.mul_(torch.rsqrt(var + self.spec.eps))
+                chunk.copy_(dx.mul_(torch.rsqrt(var + self.spec.eps)))
             else:
-                dx = (g * self.weight).sub_(mean_g[row]).sub_(x.mul_(mean_gx[row])).mul_(self.rstd[row])
+                sum_gx[row] += gx.sum(0)
+                sum_g[row] += g.sum(0)
+                chunk.copy_(g)
+        if self.spec.norm == "time":
+            counts = torch.tensor([max(v, 1) for v in self.valid], dtype=self.dtype, device=grad.device)[:, None]
+            mean_g = sum_g.mul_(self.weight).div_(counts)
+            mean_gx = sum_gx.mul_(self.weight).div_(counts)
+            for row, start, stop in _chunks(self.shape):
+                chunk, x = grad[row, start:stop], self._normalised(row, start, stop)
+                dx = (chunk.to(self.dtype) * self.weight).sub_(mean_g[row]).sub_(x.mul_(mean_gx[row]))
+                dx.mul_(self.rstd[row])
                 if self.valid[row] < stop:
                     dx[max(self.valid[row] - start, 0):] = 0
-            chunk.copy_(dx)
-        return weight_grad, bias_grad  # in the norm's compute dtype; backward casts to the parameters'
+                chunk.copy_(dx)
+        return weight_grad, bias_grad
 
 
 def _time_statistics(pre: Tensor, valid: Sequence[int], eps: float, dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
