@@ -38,6 +38,7 @@ SYSTEMS = ("hubert", "k2ssl_hubert_cosine", "k2ssl_hubert_linear", "zipformer_ss
 TARGETS = {"zipformer_ssl": {"speed_vs_hubert": ">= 3.6", "peak_memory_vs_hubert": "<= 1/3"},
            "k2ssl_hubert_cosine": {"peak_memory_vs_hubert": "<= 0.6"}}
 NUM_CLUSTERS = 500
+AUTOCAST_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SAMPLE_RATE = 16000
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,38 +72,52 @@ def build(system: str) -> torch.nn.Module:
     return model_class(cfg, HubertPretrainingConfig(label_rate=50, sample_rate=SAMPLE_RATE), [dictionary])
 
 
-def run_one(system: str, batch: int, seconds: float, threads: int, warmup: int) -> Dict[str, object]:
-    """``warmup`` untimed then one timed forward + backward of ``system``; returns its benchmark record."""
+def run_one(system: str, batch: int, seconds: float, threads: int, warmup: int, device: str = "cpu",
+            precision: str = "fp32") -> Dict[str, object]:
+    """``warmup`` untimed then one timed forward + backward of ``system``; returns its benchmark record.
+
+    ``precision`` bf16/fp16 runs the step under ``torch.autocast`` (weights and gradients stay fp32, as
+    fairseq's ``common.amp`` trains); fp16 runs without a loss scaler, which changes no kernel timed here.
+    """
     from k2ssl_fairseq.criterions.masked_prediction import MaskedPredictionCriterion
     from k2ssl_fairseq.data.frames import conv_frames
     from k2ssl_fairseq.data.masking import compute_span_mask
 
     torch.set_num_threads(threads)
-    model = build(system).train()
+    cuda = device == "cuda"
+    model = build(system).train().to(device)
     criterion = MaskedPredictionCriterion(SimpleNamespace(), 1.0, 0.0, [10.0], [])
     rng = np.random.default_rng(0)
     samples = int(seconds * SAMPLE_RATE)
     frames = conv_frames(samples)
     source = torch.from_numpy(rng.standard_normal((batch, samples)).astype(np.float32))
     mask = torch.from_numpy(compute_span_mask(np.full(batch, frames), frames, 0.8, 10, rng))
+    source, mask = source.to(device), mask.to(device)
     sample = {"id": torch.arange(batch),
               "net_input": {"source": source, "padding_mask": torch.zeros_like(source, dtype=torch.bool)},
-              "target_list": [torch.from_numpy(rng.integers(4, 4 + NUM_CLUSTERS, (batch, frames)))]}
+              "target_list": [torch.from_numpy(rng.integers(4, 4 + NUM_CLUSTERS, (batch, frames))).to(device)]}
     if system == "hubert":  # stock HuBERT draws its own masks: pin them to the same ones
         model.apply_mask = lambda x, padding_mask, target_list: (
             torch.where(mask[..., None], model.mask_emb.to(x.dtype), x), mask)
     else:
         sample["net_input"]["mask_indices"] = mask
-    before = psutil.Process().memory_info().rss
+    autocast = torch.autocast(device, dtype=AUTOCAST_DTYPES[precision], enabled=precision != "fp32")
+    before = torch.cuda.memory_allocated() if cuda else psutil.Process().memory_info().rss
     for _ in range(warmup + 1):  # the last step is timed: one-off costs (first allocations) are not
         model.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize()
         start = time.perf_counter()
-        loss, sample_size, _ = criterion(model, sample)
+        with autocast:
+            loss, sample_size, _ = criterion(model, sample)
         loss.backward()
+        if cuda:
+            torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # CPU: the process's resident high-water mark; CUDA: the caching allocator's peak (tensors only)
+    peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {
-        "system": system, "size": "base", "device": "cpu", "batch_seconds": batch * seconds,
+        "system": system, "size": "base", "device": device, "precision": precision, "batch_seconds": batch * seconds,
         "audio_seconds_per_second": batch * seconds / elapsed, "peak_memory_bytes": peak,
         "step_memory_bytes": peak - before, "data_wait_fraction": 0.0, "crop_waste_fraction": 0.0,
         "padding_fraction": 0.0, "loss_curve": [float(loss.detach()) / sample_size], "step_seconds": elapsed,
@@ -114,7 +129,8 @@ def run_one(system: str, batch: int, seconds: float, threads: int, warmup: int) 
 def measure(system: str, args: argparse.Namespace) -> Dict[str, object]:
     proc = subprocess.run([sys.executable, __file__, "--run-one", system, "--batch", str(args.batch),
                            "--seconds", str(args.seconds), "--threads", str(args.threads),
-                           "--warmup", str(args.warmup)],
+                           "--warmup", str(args.warmup), "--device", args.device,
+                           "--precision", args.precision],
                           capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:
         raise RuntimeError(f"{system} failed:\n{proc.stderr[-3000:]}")
@@ -128,12 +144,16 @@ def main(argv: List[str] = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds; the fastest is kept")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps before the timed one (same process)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--precision", choices=sorted(AUTOCAST_DTYPES), default="fp32",
+                        help="fp32, or bf16/fp16 autocast (mixed precision)")
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
     parser.add_argument("--output", type=Path, help="JSON file to write (default: print only)")
     parser.add_argument("--run-one", choices=SYSTEMS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.run_one:
-        print(json.dumps(run_one(args.run_one, args.batch, args.seconds, args.threads, args.warmup)))
+        print(json.dumps(run_one(args.run_one, args.batch, args.seconds, args.threads, args.warmup,
+                                 args.device, args.precision)))
         return 0
 
     rounds: Dict[str, List[Dict[str, object]]] = {s: [] for s in args.systems}

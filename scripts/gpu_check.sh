@@ -1,48 +1,75 @@
 #!/usr/bin/env bash
-# GPU check, one command, at most ~8 minutes on one GPU, nothing fetched from the network:
+# GPU check, one command, about 6 minutes on one H200, nothing fetched from the network:
 #   1. installs the cp312 wheels carried in .whl/ (see scripts/fetch_gpu_wheels.sh) next to the
 #      machine's own torch;
 #   2. runs zipformer_tiny through k2ssl-hydra-train on CUDA with common.amp=true and with
 #      common.bf16=true (a few updates each, ScaledAdam/Eden as in the presets);
-#   3. runs the Base-size A/B benchmark at the recipe batch sizes (Zipformer 600 s, HuBERT 87.5 s of
-#      audio per GPU) and the loader benchmark;
-#   4. writes everything to benchmarks/results/gpu_<date>_<gpu>/ (JSON, Markdown, plots, logs).
-set -euo pipefail
+#   3. the Base step benchmark (benchmarks/bench_models.py: same 4 x 10 s batch for every system)
+#      in fp32 and under bf16 and fp16 autocast;
+#   4. the CNN front-end benchmark and the Base-size A/B benchmark through fairseq's trainer;
+#   5. writes everything to benchmarks/results/gpu_<date>_<gpu>/ and, when $OUT is set (the device
+#      tool), packs that folder into $OUT/gpu_results.tar.gz after every stage.
+# Each stage has its own time limit and a failed stage does not stop the others; the exit status is
+# non-zero when any stage failed, and summary.txt lists each stage's status.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/k2ssl_site .whl/*.whl
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/k2ssl_site .whl/*.whl || exit 1
   export PYTHONPATH="/tmp/k2ssl_site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 else
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
-gpu=$(python3 -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0).replace(' ', '_'))")
+gpu=$(python3 -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0).replace(' ', '_'))") || exit 1
 out="benchmarks/results/gpu_$(date -u +%Y%m%d)_${gpu}"
 work=$(mktemp -d)
 mkdir -p "$out"
-echo "== GPU: $gpu; results in $out"
+failed=0
+: > "$out/summary.txt"
 
-echo "== corpus (generated; 200 utterances of 4-16 s)"
-python3 -c "from k2ssl_fairseq.testing import make_tiny_corpus; make_tiny_corpus('$work/data', splits={'train': 200, 'valid': 8}, min_seconds=4, max_seconds=16)"
+# stage NAME SECONDS COMMAND...: runs COMMAND under a time limit, its output in $out/NAME.log.
+stage() {
+  local name=$1 limit=$2; shift 2
+  echo "== $name (limit ${limit} s)"
+  local start=$SECONDS
+  timeout "$limit" "$@" > "$out/$name.log" 2>&1
+  local rc=$?
+  tail -n 4 "$out/$name.log"
+  echo "$name rc=$rc seconds=$((SECONDS - start))" | tee -a "$out/summary.txt"
+  [ "$rc" -eq 0 ] || failed=1
+  pack
+}
 
-for precision in "common.amp=true" "common.bf16=true"; do
-  echo "== zipformer_tiny on CUDA with $precision"
-  python3 -m k2ssl_fairseq.cli --config-dir "$PWD/config/pretrain" --config-name zipformer_tiny \
-    hydra.run.dir="$work/smoke_${precision%%=*}" checkpoint.save_dir="$work/smoke_${precision%%=*}/ckpt" \
+# pack: the results so far into $OUT (after every stage, so a run cut short still returns them).
+pack() { [ -z "${OUT:-}" ] || tar -czf "$OUT/gpu_results.tar.gz" "$out"; }
+
+{ echo "gpu: $gpu"; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader;
+  python3 -c "import torch, fairseq; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'fairseq', fairseq.__version__)";
+  git rev-parse HEAD 2>/dev/null; } > "$out/machine.txt" 2>&1
+cat "$out/machine.txt"
+
+stage corpus 120 python3 -c "from k2ssl_fairseq.testing import make_tiny_corpus; make_tiny_corpus('$work/data', splits={'train': 200, 'valid': 8}, min_seconds=4, max_seconds=16)"
+
+for precision in amp bf16; do
+  stage "smoke_$precision" 150 python3 -m k2ssl_fairseq.cli --config-dir "$PWD/config/pretrain" --config-name zipformer_tiny \
+    hydra.run.dir="$work/smoke_$precision" checkpoint.save_dir="$work/smoke_$precision/ckpt" \
     common.user_dir="$PWD/k2ssl_fairseq" task.data="$work/data" task.label_dir="$work/data" \
-    common.cpu=false "$precision" optimization.max_update=6 2>&1 | tee "$out/smoke_${precision%%=*}.log" | grep -E "train_inner|Error" || true
-  grep -q '"num_updates": "6"' "$out/smoke_${precision%%=*}.log" || { echo "CUDA smoke run with $precision failed"; exit 1; }
+    common.cpu=false "common.$precision=true" optimization.max_update=6
+  grep -q '"num_updates": "6"' "$out/smoke_$precision.log" || { echo "smoke_$precision: 6 updates not reached" | tee -a "$out/summary.txt"; failed=1; }
 done
 
-echo "== Base A/B benchmark at recipe batch sizes"
-python3 -m k2ssl_fairseq.benchmark --data "$work/data" --label-dir "$work/data" --size base --device cuda \
-  --updates 6 --warmup 2 --out "$out/ab_base"
+for precision in fp32 bf16 fp16; do
+  stage "models_base_$precision" 150 python3 benchmarks/bench_models.py --device cuda --precision "$precision" \
+    --warmup 2 --repeats 1 --systems hubert k2ssl_hubert_cosine zipformer_ssl --output "$out/models_base_cuda_$precision.json"
+done
 
-echo "== CNN front-end: fairseq's module vs conv_frontend (CUDA, 8 x 15 s)"
-python3 benchmarks/bench_frontend.py --device cuda --batch 8 --seconds 15 --repeats 2 \
-  --output "$out/frontend_cuda.json" 2>&1 | tail -3
-if [ -f benchmarks/bench_loader.py ]; then
-  echo "== loader benchmark"
-  python3 benchmarks/bench_loader.py --out "$out/loader.json" 2>&1 | tail -20
-fi
+stage frontend 90 python3 benchmarks/bench_frontend.py --device cuda --batch 8 --seconds 15 --repeats 2 \
+  --output "$out/frontend_cuda.json"
+
+stage ab_base 240 python3 -m k2ssl_fairseq.benchmark --data "$work/data" --label-dir "$work/data" --size base \
+  --device cuda --updates 6 --warmup 2 --out "$out/ab_base"
+
 echo "== done: $out"
+cat "$out/summary.txt"
+pack
+exit "$failed"

@@ -150,7 +150,8 @@ class BypassModule(nn.Module):
             keep = sequence_keep_mask(x, float(self.skip_rate))
             if keep is not None:
                 scale = scale * keep
-        return torch.lerp(orig, x, scale.to(x.dtype))
+        dtype = torch.promote_types(orig.dtype, x.dtype)  # under autocast one may be fp32, the other not
+        return torch.lerp(orig.to(dtype), x.to(dtype), scale.to(dtype))
 
 
 class Zipformer2EncoderLayer(nn.Module):
