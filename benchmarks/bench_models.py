@@ -73,11 +73,13 @@ def build(system: str) -> torch.nn.Module:
 
 
 def run_one(system: str, batch: int, seconds: float, threads: int, warmup: int, device: str = "cpu",
-            precision: str = "fp32") -> Dict[str, object]:
+            precision: str = "fp32", profile: Path = None) -> Dict[str, object]:
     """``warmup`` untimed then one timed forward + backward of ``system``; returns its benchmark record.
 
     ``precision`` bf16/fp16 runs the step under ``torch.autocast`` (weights and gradients stay fp32, as
     fairseq's ``common.amp`` trains); fp16 runs without a loss scaler, which changes no kernel timed here.
+    ``profile``: after the timed step, one more under ``torch.profiler``; its operator table (sorted
+    by device time on CUDA, CPU time otherwise) is written to ``profile/<system>_<precision>.txt``.
     """
     from k2ssl_fairseq.criterions.masked_prediction import MaskedPredictionCriterion
     from k2ssl_fairseq.data.frames import conv_frames
@@ -114,6 +116,9 @@ def run_one(system: str, batch: int, seconds: float, threads: int, warmup: int, 
         if cuda:
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
+    if profile is not None:
+        write_profile(lambda: criterion(model, sample)[0].backward(), autocast, device,
+                      profile / f"{system}_{precision}.txt")
     # CPU: the process's resident high-water mark; CUDA: the caching allocator's peak (tensors only)
     peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {
@@ -126,11 +131,26 @@ def run_one(system: str, batch: int, seconds: float, threads: int, warmup: int, 
     }
 
 
+def write_profile(step, autocast, device: str, path: Path) -> None:
+    """Run ``step`` once under the profiler and write its operator table to ``path``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities) as prof:
+        with autocast:
+            step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+    sort = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=60) + "\n")
+
+
 def measure(system: str, args: argparse.Namespace) -> Dict[str, object]:
     proc = subprocess.run([sys.executable, __file__, "--run-one", system, "--batch", str(args.batch),
                            "--seconds", str(args.seconds), "--threads", str(args.threads),
                            "--warmup", str(args.warmup), "--device", args.device,
-                           "--precision", args.precision],
+                           "--precision", args.precision] + (["--profile", str(args.profile)] if args.profile else []),
                           capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:
         raise RuntimeError(f"{system} failed:\n{proc.stderr[-3000:]}")
@@ -147,13 +167,14 @@ def main(argv: List[str] = None) -> int:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--precision", choices=sorted(AUTOCAST_DTYPES), default="fp32",
                         help="fp32, or bf16/fp16 autocast (mixed precision)")
+    parser.add_argument("--profile", type=Path, help="folder for one profiled step's operator table per system")
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
     parser.add_argument("--output", type=Path, help="JSON file to write (default: print only)")
     parser.add_argument("--run-one", choices=SYSTEMS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.run_one:
         print(json.dumps(run_one(args.run_one, args.batch, args.seconds, args.threads, args.warmup,
-                                 args.device, args.precision)))
+                                 args.device, args.precision, args.profile)))
         return 0
 
     rounds: Dict[str, List[Dict[str, object]]] = {s: [] for s in args.systems}

@@ -67,19 +67,29 @@ def _tiny_hubert_overrides() -> List[str]:
             "+model.conv_pos=16", "+model.conv_pos_groups=4"]
 
 
+def precision(system: str, device: str) -> str:
+    """``fp32`` on the CPU. On CUDA each system's recipe precision: the plugin's systems under
+    autocast (``amp``, as k2SSL trains), stock HuBERT with fairseq's ``fp16`` (its yaml's setting;
+    stock ``HubertModel.apply_mask`` fails under autocast with an fp16/fp32 ``index_put`` mismatch,
+    measured on an H200 with fairseq 0.12.3)."""
+    if device != "cuda":
+        return "fp32"
+    return "fp16" if system == "stock_hubert" else "amp"
+
+
 def run_spec(system: str, size: str, data: Path, label_dir: Path, seconds_per_batch: Optional[float],
              device: str, updates: int, warmup: int, train_subset: str = "train") -> RunSpec:
     """The configuration of one system at one size, sharing data, labels and audio per update.
 
-    Every system runs in fp32 on the CPU and with automatic mixed precision on CUDA, as k2SSL trains.
+    Precision: see :func:`precision`.
     """
     seconds = seconds_per_batch if seconds_per_batch is not None else RECIPE_SECONDS[system]
+    cuda, mode = device == "cuda", precision(system, device)
     common = [f"task.data={data}", f"task.label_dir={label_dir}", "task.labels=[km]",
               f"dataset.train_subset={train_subset}", "dataset.disable_validation=true",
               f"optimization.max_update={updates + warmup}", "common.log_interval=1",
-              "common.tensorboard_logdir=null", "common.fp16=false", f"common.cpu={str(device == 'cpu').lower()}",
-              f"common.amp={str(device == 'cuda').lower()}",
-              f"common.amp={str(device == 'cuda').lower()}",
+              "common.tensorboard_logdir=null", f"common.cpu={str(not cuda).lower()}",
+              f"common.fp16={str(mode == 'fp16').lower()}", f"common.amp={str(mode == 'amp').lower()}",
               "distributed_training.distributed_world_size=1", "distributed_training.nprocs_per_node=1",
               "checkpoint.no_save=true", "dataset.num_workers=0", "task.min_sample_size=8000"]
     if system == "zipformer_ssl":
@@ -192,8 +202,8 @@ def _summarize(spec: RunSpec, raw: Dict[str, Any], device: str, command: str, sa
     tensor = sum(s["tensor"] for s in timed)
     audio_seen = np.cumsum([s["fed"] for s in raw["steps"]]) / sample_rate / 3600.0
     return {
-        "system": spec.system, "size": spec.size, "device": device, "params": raw["params"],
-        "batch_seconds": float(fed.mean() / sample_rate),
+        "system": spec.system, "size": spec.size, "device": device, "precision": precision(spec.system, device),
+        "params": raw["params"], "batch_seconds": float(fed.mean() / sample_rate),
         "audio_seconds_per_second": float(np.median(fed / sample_rate / (step_s + wait_s))),
         "peak_memory_bytes": int(raw["peak_cuda"] if device == "cuda" else raw["peak_rss"]),
         "data_wait_fraction": float(wait_s.sum() / (wait_s.sum() + step_s.sum())),

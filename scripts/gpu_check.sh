@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# GPU check, one command, about 6 minutes on one H200, nothing fetched from the network:
+# GPU check, one command, about 6 minutes on one H200, nothing fetched from the network.
+#   scripts/gpu_check.sh [smoke] [frontend] [models] [ab]     (no argument: all stages)
 #   1. installs the cp312 wheels carried in .whl/ (see scripts/fetch_gpu_wheels.sh) next to the
 #      machine's own torch;
 #   2. runs zipformer_tiny through k2ssl-hydra-train on CUDA with common.amp=true and with
@@ -48,26 +49,42 @@ pack() { [ -z "${OUT:-}" ] || tar -czf "$OUT/gpu_results.tar.gz" "$out"; }
   git rev-parse HEAD 2>/dev/null; } > "$out/machine.txt" 2>&1
 cat "$out/machine.txt"
 
+selected=("$@")
+want() { [ "${#selected[@]}" -eq 0 ] || [[ " ${selected[*]} " == *" $1 "* ]]; }
+
 stage corpus 120 python3 -c "from k2ssl_fairseq.testing import make_tiny_corpus; make_tiny_corpus('$work/data', splits={'train': 200, 'valid': 8}, min_seconds=4, max_seconds=16)"
 
-for precision in amp bf16; do
-  stage "smoke_$precision" 150 python3 -m k2ssl_fairseq.cli --config-dir "$PWD/config/pretrain" --config-name zipformer_tiny \
-    hydra.run.dir="$work/smoke_$precision" checkpoint.save_dir="$work/smoke_$precision/ckpt" \
-    common.user_dir="$PWD/k2ssl_fairseq" task.data="$work/data" task.label_dir="$work/data" \
-    common.cpu=false "common.$precision=true" optimization.max_update=6
-  grep -q '"num_updates": "6"' "$out/smoke_$precision.log" || { echo "smoke_$precision: 6 updates not reached" | tee -a "$out/summary.txt"; failed=1; }
-done
+if want smoke; then
+  for precision in amp bf16; do
+    stage "smoke_$precision" 150 python3 -m k2ssl_fairseq.cli --config-dir "$PWD/config/pretrain" --config-name zipformer_tiny \
+      hydra.run.dir="$work/smoke_$precision" checkpoint.save_dir="$work/smoke_$precision/ckpt" \
+      common.user_dir="$PWD/k2ssl_fairseq" task.data="$work/data" task.label_dir="$work/data" \
+      common.cpu=false "common.$precision=true" optimization.max_update=6
+    grep -q '"num_updates": "6"' "$out/smoke_$precision.log" || { echo "smoke_$precision: 6 updates not reached" | tee -a "$out/summary.txt"; failed=1; }
+  done
+fi
 
-for precision in fp32 bf16 fp16; do
-  stage "models_base_$precision" 150 python3 benchmarks/bench_models.py --device cuda --precision "$precision" \
-    --warmup 2 --repeats 1 --systems hubert k2ssl_hubert_cosine zipformer_ssl --output "$out/models_base_cuda_$precision.json"
-done
+if want frontend; then
+  stage frontend 90 python3 benchmarks/bench_frontend.py --device cuda --batch 8 --seconds 15 --repeats 2 \
+    --output "$out/frontend_cuda.json"
+fi
 
-stage frontend 90 python3 benchmarks/bench_frontend.py --device cuda --batch 8 --seconds 15 --repeats 2 \
-  --output "$out/frontend_cuda.json"
+if want models; then
+  # The CPU results' batch (4 x 10 s) in each precision, profiled; then a GPU-sized batch (16 x 15 s).
+  for precision in fp32 bf16 fp16; do
+    stage "models_base_$precision" 150 python3 benchmarks/bench_models.py --device cuda --precision "$precision" \
+      --warmup 2 --repeats 1 --systems hubert k2ssl_hubert_cosine zipformer_ssl --profile "$out/profiles" \
+      --output "$out/models_base_cuda_$precision.json"
+  done
+  stage models_base_bf16_16x15s 150 python3 benchmarks/bench_models.py --device cuda --precision bf16 \
+    --batch 16 --seconds 15 --warmup 2 --repeats 1 --systems hubert k2ssl_hubert_cosine zipformer_ssl \
+    --output "$out/models_base_cuda_bf16_16x15s.json"
+fi
 
-stage ab_base 240 python3 -m k2ssl_fairseq.benchmark --data "$work/data" --label-dir "$work/data" --size base \
-  --device cuda --updates 6 --warmup 2 --out "$out/ab_base"
+if want ab; then
+  stage ab_base 240 python3 -m k2ssl_fairseq.benchmark --data "$work/data" --label-dir "$work/data" --size base \
+    --device cuda --updates 6 --warmup 2 --out "$out/ab_base"
+fi
 
 echo "== done: $out"
 cat "$out/summary.txt"

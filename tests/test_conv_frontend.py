@@ -45,46 +45,52 @@ def max_relative_error(ours, reference) -> float:
                for a, b in zip(ours, reference))
 
 
-@pytest.fixture(params=[None, 7], ids=["one_chunk", "chunks_of_7"])
-def chunk_frames(request, monkeypatch):
-    if request.param is not None:
-        monkeypatch.setattr(conv_frontend, "CHUNK_FRAMES", request.param)
+@pytest.fixture(params=[("chunked", None), ("chunked", 7), ("batched", None)],
+                ids=["chunked_one_chunk", "chunked_chunks_of_7", "batched"])
+def implementation(request, monkeypatch) -> str:
+    """Each implementation of the front-end; the chunked one also with chunks of 7 frames."""
+    name, chunk = request.param
+    if chunk is not None:
+        monkeypatch.setattr(conv_frontend, "CHUNK_FRAMES", chunk)
+    return name
 
 
 @pytest.mark.parametrize("mode", ["default", "layer_norm"])
 @pytest.mark.parametrize("bias", [False, True])
-def test_values_and_all_gradients_equal_the_module_in_float64(mode, bias, chunk_frames):
+def test_values_and_all_gradients_equal_the_module_in_float64(mode, bias, implementation):
     module = extractor(mode, bias)
     source = torch.randn(3, 5000, dtype=torch.float64, requires_grad=True)
     reference = module_forward_in_dtype(module, source)
     weights = torch.randn_like(reference)
     reference_grads = torch.autograd.grad(reference, [source, *module.parameters()], weights)
-    ours = conv_features(module, source)
+    ours = conv_features(module, source, implementation=implementation)
     grads = torch.autograd.grad(ours, [source, *module.parameters()], weights)
     assert ours.shape == (3, conv_frames(5000, LAYERS), 16)
     assert max_relative_error([ours], [reference]) < 1e-12
     assert max_relative_error(grads, reference_grads) < 1e-8
 
 
-def test_float32_matches_the_stock_module_forward_and_backward():
+@pytest.mark.parametrize("implementation", ["chunked", "batched"])
+def test_float32_matches_the_stock_module_forward_and_backward(implementation):
     module = extractor("default", False, torch.float32)
     source = torch.randn(2, 8000)
     reference = module(source).transpose(1, 2)
     weights = torch.randn_like(reference)
     reference_grads = torch.autograd.grad(reference, list(module.parameters()), weights)
-    ours = conv_features(module, source)
+    ours = conv_features(module, source, implementation=implementation)
     grads = torch.autograd.grad(ours, list(module.parameters()), weights)
     assert max_relative_error([ours], [reference]) < 1e-5
     assert max_relative_error(grads, reference_grads) < 1e-4
 
 
-def test_valid_frames_make_a_padded_row_equal_the_row_alone(chunk_frames):
+def test_valid_frames_make_a_padded_row_equal_the_row_alone(implementation):
     """GroupNorm statistics over valid frames: outputs and gradients do not see the padding."""
     module = extractor("default", True)
     source = torch.randn(3, 5000, dtype=torch.float64)
     source[1, 3000:] = 0
-    alone = conv_features(module, source[1:2, :3000])
-    batch = conv_features(module, source, conv_frames(torch.tensor([5000, 3000, 5000]), LAYERS[:1]))
+    alone = conv_features(module, source[1:2, :3000], implementation=implementation)
+    batch = conv_features(module, source, conv_frames(torch.tensor([5000, 3000, 5000]), LAYERS[:1]),
+                          implementation=implementation)
     frames = alone.shape[1]
     assert max_relative_error([batch[1, :frames]], [alone[0]]) < 1e-12
     alone_grads = torch.autograd.grad(alone.sum(), list(module.parameters()))
@@ -107,22 +113,29 @@ def test_backward_keeps_one_tensor_per_layer():
 
     with torch.autograd.graph.saved_tensors_hooks(count, lambda tensor: tensor):
         module(source)
-    ours = conv_features(module, source)
-    kept = sum(a.pre.numel() * a.pre.element_size() for a in ours.grad_fn.activations)
-    largest_layer = ours.grad_fn.activations[0].pre.numel() * 4
-    assert kept < 0.5 * sum(stock_bytes)
-    assert sum(stock_bytes) > 2 * largest_layer and kept < 2 * largest_layer
+    chunked = conv_features(module, source, implementation="chunked").grad_fn.activations
+    batched = conv_features(module, source, implementation="batched").grad_fn.outputs
+    largest_layer = chunked[0].pre.numel() * 4
+    assert sum(stock_bytes) > 2 * largest_layer
+    for kept_tensors in ([a.pre for a in chunked], batched):
+        kept = sum(t.numel() * t.element_size() for t in kept_tensors)
+        assert kept < 0.5 * sum(stock_bytes) and kept < 2 * largest_layer
 
 
-def test_feature_grad_mult_scales_the_gradient_and_zero_freezes():
+@pytest.mark.parametrize("implementation", ["chunked", "batched"])
+def test_feature_grad_mult_scales_the_gradient_and_zero_freezes(implementation):
     module = extractor("default", False)
     source = torch.randn(2, 4000, dtype=torch.float64)
-    full = torch.autograd.grad(conv_features(module, source).sum(), module.conv_layers[1][0].weight)[0]
-    scaled = torch.autograd.grad(conv_features(module, source, grad_mult=0.1).sum(), module.conv_layers[1][0].weight)[0]
+
+    def run(**kwargs):
+        return conv_features(module, source, implementation=implementation, **kwargs)
+
+    full = torch.autograd.grad(run().sum(), module.conv_layers[1][0].weight)[0]
+    scaled = torch.autograd.grad(run(grad_mult=0.1).sum(), module.conv_layers[1][0].weight)[0]
     assert torch.allclose(scaled, 0.1 * full, rtol=1e-12, atol=0.0)
-    frozen = conv_features(module, source, grad_mult=0.0)
+    frozen = run(grad_mult=0.0)
     assert not frozen.requires_grad
-    assert torch.equal(frozen, conv_features(module, source).detach())
+    assert torch.equal(frozen, run().detach())
 
 
 def test_too_short_input_is_a_clear_error():
@@ -131,20 +144,26 @@ def test_too_short_input_is_a_clear_error():
     assert conv_features(extractor("default", False), torch.randn(1, 400, dtype=torch.float64)).shape == (1, 1, 16)
 
 
+def test_unknown_implementation_is_refused():
+    with pytest.raises(ValueError, match="implementation must be one of"):
+        conv_features(extractor("default", False), torch.randn(1, 4000, dtype=torch.float64), implementation="fast")
+
+
 def test_unsupported_module_layout_is_refused():
     module = ConvFeatureExtractionModel(LAYERS, dropout=0.1)
     with pytest.raises(ValueError, match="dropout"):
         conv_features(module.train(), torch.randn(1, 4000))
 
 
-def test_autocast_runs_the_front_end_in_the_autocast_dtype():
+@pytest.mark.parametrize("implementation", ["chunked", "batched"])
+def test_autocast_runs_the_front_end_in_the_autocast_dtype(implementation):
     """Under autocast the convolutions run in its dtype (as the stock module's would); gradients
     arrive in the parameters' dtype."""
     module = extractor("default", False, torch.float32)
     source = torch.randn(2, 4000)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         reference = module(source).transpose(1, 2)
-        ours = conv_features(module, source)
+        ours = conv_features(module, source, implementation=implementation)
     assert ours.dtype == reference.dtype == torch.bfloat16
     assert max_relative_error([ours.float()], [reference.float()]) < 0.05
     ours.float().square().sum().backward()

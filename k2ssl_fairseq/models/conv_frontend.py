@@ -7,9 +7,16 @@ Zipformer step and a large part of its peak memory. Autograd through fairseq's
 GELU and the GELU output for the next convolution; three for the GroupNorm layer). Here each layer
 keeps only its convolution output: normalisation and GELU are recomputed in backward, chunk by
 chunk along time so that no second full-size copy is ever live, which costs a few element-wise
-passes. Each convolution is ``ceil(kernel / stride)`` matrix products over
-overlapping row views of the input (no unfolded copy), which BLAS runs faster than oneDNN's
-``conv1d`` backward on CPU; ``benchmarks/bench_models.py`` measures the whole step.
+passes. Two implementations of that one scheme, chosen by device:
+
+- ``chunked`` (CPU): each convolution is ``ceil(kernel / stride)`` matrix products over overlapping
+  row views of the input (no unfolded copy), row by row and chunk by chunk, which BLAS runs faster
+  than oneDNN's ``conv1d`` backward on CPU and which never holds a second full-size tensor;
+- ``batched`` (CUDA): whole-batch cuDNN convolutions (``aten.convolution_backward`` in backward) and
+  whole-tensor norms; per-row Python loops launch far too many small kernels for a GPU (measured on
+  an H200: the chunked path took 6x the stock module's time, ``benchmarks/results/gpu_*``).
+
+``benchmarks/bench_frontend.py`` measures the front-end, ``benchmarks/bench_models.py`` the step.
 
 The parameters stay in fairseq's module (same names, same checkpoints); :func:`conv_features` only
 replaces its forward. Padded rows can have the GroupNorm statistics taken over their valid frames
@@ -36,8 +43,11 @@ class _LayerSpec(NamedTuple):
     eps: float
 
 
+IMPLEMENTATIONS = ("auto", "chunked", "batched")
+
+
 def conv_features(extractor: nn.Module, source: Tensor, valid_frames: Optional[Tensor] = None,
-                  grad_mult: float = 1.0) -> Tensor:
+                  grad_mult: float = 1.0, implementation: str = "auto") -> Tensor:
     """Run fairseq's ``ConvFeatureExtractionModel`` on ``source``; returns ``(batch, frame, channel)``.
 
     Numerically the module's own forward (up to float summation order), with its parameters and
@@ -51,7 +61,13 @@ def conv_features(extractor: nn.Module, source: Tensor, valid_frames: Optional[T
             frames are set to zero. None = stock behaviour (statistics over all frames).
         grad_mult: HuBERT's ``feature_grad_mult``: scales the gradient reaching the CNN; 0 runs
             it without autograd (frozen front-end).
+        implementation: ``chunked``, ``batched``, or ``auto``: batched on CUDA, chunked elsewhere.
     """
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"conv_features: implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    if implementation == "auto":
+        implementation = "batched" if source.is_cuda else "chunked"
+    function = _BatchedFrontEnd if implementation == "batched" else _ConvFrontEnd
     specs, params = _describe(extractor)
     needed = receptive_field(_layers(specs))
     if source.dim() != 2 or source.shape[1] < needed:
@@ -60,14 +76,14 @@ def conv_features(extractor: nn.Module, source: Tensor, valid_frames: Optional[T
     if specs[0].norm != "time":
         valid_frames = None
     elif valid_frames is not None:
-        valid_frames = valid_frames.to("cpu", torch.long)
+        valid_frames = valid_frames.to("cpu" if function is _ConvFrontEnd else source.device, torch.long)
     source = source.contiguous()
     dtype = compute_dtype(source)
     if grad_mult <= 0:
         with torch.no_grad():
-            return _ConvFrontEnd.apply(source, valid_frames, specs, False, dtype, *params)
+            return function.apply(source, valid_frames, specs, False, dtype, *params)
     keep = torch.is_grad_enabled() and (source.requires_grad or any(p.requires_grad for p in params))
-    features = _ConvFrontEnd.apply(source, valid_frames, specs, keep, dtype, *params)
+    features = function.apply(source, valid_frames, specs, keep, dtype, *params)
     if grad_mult != 1.0 and keep:
         features = GradMultiply.apply(features, grad_mult)
     return features
@@ -117,7 +133,7 @@ def _describe(extractor: nn.Module) -> Tuple[Tuple[_LayerSpec, ...], List[Tensor
 
 
 class _ConvFrontEnd(torch.autograd.Function):
-    """Forward keeps the convolution outputs only; backward recomputes norms and GELUs from them."""
+    """Chunked: forward keeps the convolution outputs only; backward recomputes norms and GELUs from them."""
 
     @staticmethod
     def forward(ctx, source: Tensor, valid_frames: Optional[Tensor], specs: Tuple[_LayerSpec, ...],
@@ -170,6 +186,107 @@ class _ConvFrontEnd(torch.autograd.Function):
                         source_grad = grad.squeeze(-1).to(source.dtype)
         grads = [g.to(p.dtype) for g, p in zip(grads, params)]
         return (source_grad, None, None, None, None, *grads)
+
+
+class _BatchedFrontEnd(torch.autograd.Function):
+    """Batched: the same saved state as :class:`_ConvFrontEnd` (the convolution outputs), with
+    whole-batch convolutions, channels-first inside; the norm + GELU backward is autograd's, on the
+    recomputed layer only."""
+
+    @staticmethod
+    def forward(ctx, source: Tensor, valid_frames: Optional[Tensor], specs: Tuple[_LayerSpec, ...],
+                keep: bool, dtype: torch.dtype, *params: Tensor) -> Tensor:
+        layer_params = _split(params, specs)
+        with torch.autocast(source.device.type, enabled=False):
+            x = source.to(dtype).unsqueeze(1)
+            outputs = []
+            for index, (spec, (weight, bias, norm_weight, norm_bias)) in enumerate(zip(specs, layer_params)):
+                pre = F.conv1d(x, weight.to(dtype), None if bias is None else bias.to(dtype), stride=spec.stride)
+                mask = _frame_mask(valid_frames, pre.shape[-1]) if index == 0 else None
+                x = _norm_gelu(pre, spec, norm_weight, norm_bias, mask)
+                if keep:
+                    outputs.append(pre)
+        if keep:
+            ctx.save_for_backward(source, valid_frames, *params)
+            ctx.specs, ctx.outputs, ctx.dtype = specs, outputs, dtype
+        return x.transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        specs, pres, dtype = ctx.specs, ctx.outputs, ctx.dtype
+        ctx.outputs = None
+        source, valid_frames, *params = ctx.saved_tensors
+        layer_params = _split(params, specs)
+        grads: List[Tensor] = []
+        source_grad = None
+        with torch.autocast(source.device.type, enabled=False):
+            grad = grad.to(dtype).transpose(1, 2)
+            layer = _recompute(pres, len(specs) - 1, specs, layer_params, valid_frames)
+            for index in reversed(range(len(specs))):
+                pre, output, norm_leaves = layer
+                pres[index] = None
+                pre_grad, *norm_grads = torch.autograd.grad(output, [pre, *norm_leaves], grad)
+                del layer, pre, output
+                if index > 0:
+                    layer = _recompute(pres, index - 1, specs, layer_params, valid_frames)
+                    layer_input = layer[1].detach()
+                else:
+                    layer_input = source.to(dtype).unsqueeze(1)
+                weight, bias, _, _ = layer_params[index]
+                need_input = index > 0 or ctx.needs_input_grad[0]
+                input_grad, weight_grad, bias_grad = torch.ops.aten.convolution_backward(
+                    pre_grad, layer_input, weight.to(dtype), [weight.shape[0]] if bias is not None else None,
+                    [specs[index].stride], [0], [1], False, [0], 1, [need_input, True, bias is not None])
+                grads[:0] = [weight_grad] + ([bias_grad] if bias is not None else []) + norm_grads
+                grad = input_grad
+                if index == 0 and need_input:
+                    source_grad = input_grad.squeeze(1).to(source.dtype)
+        grads = [g.to(p.dtype) for g, p in zip(grads, params)]
+        return (source_grad, None, None, None, None, *grads)
+
+
+def _recompute(pres: List[Optional[Tensor]], index: int, specs: Sequence[_LayerSpec],
+               layer_params: Sequence[Tuple[Optional[Tensor], ...]], valid_frames: Optional[Tensor]
+               ) -> Tuple[Tensor, Tensor, List[Tensor]]:
+    """Layer ``index``'s ``GELU(norm(pre))`` with a graph from ``pre`` and the norm's parameters."""
+    leaves = [p.detach().requires_grad_() for p in layer_params[index][2:] if p is not None]
+    pre = pres[index].detach().requires_grad_()
+    mask = _frame_mask(valid_frames, pre.shape[-1]) if index == 0 else None
+    with torch.enable_grad():
+        output = _norm_gelu(pre, specs[index], *(leaves or (None, None)), mask)
+    return pre, output, leaves
+
+
+def _frame_mask(valid_frames: Optional[Tensor], frames: int) -> Optional[Tensor]:
+    """``(batch, frames)`` True on each row's first ``valid_frames`` frames; None when all are valid."""
+    if valid_frames is None:
+        return None
+    return torch.arange(frames, device=valid_frames.device) < valid_frames[:, None]
+
+
+def _norm_gelu(pre: Tensor, spec: _LayerSpec, weight: Optional[Tensor], bias: Optional[Tensor],
+               mask: Optional[Tensor]) -> Tensor:
+    """``GELU(norm(pre))`` on a channels-first ``(batch, channels, frames)`` convolution output.
+
+    The norm runs in float32 at least (fairseq's Fp32 norms), the GELU in ``pre``'s dtype; with
+    ``mask``, GroupNorm statistics are over each row's valid frames and padded frames are zero.
+    """
+    if spec.norm is None:
+        return F.gelu(pre)
+    dtype = torch.promote_types(pre.dtype, torch.float32)
+    x, weight, bias = pre.to(dtype), weight.to(dtype), bias.to(dtype)
+    if spec.norm == "channel":
+        y = F.layer_norm(x.transpose(1, 2), weight.shape, weight, bias, spec.eps).transpose(1, 2)
+    elif mask is None:
+        y = F.group_norm(x, x.shape[1], weight, bias, spec.eps)
+    else:
+        valid = mask[:, None, :].to(dtype)
+        count = valid.sum(-1, keepdim=True).clamp_(min=1)
+        mean = (x * valid).sum(-1, keepdim=True) / count
+        centred = x - mean
+        var = (centred.square() * valid).sum(-1, keepdim=True) / count
+        y = (centred * torch.rsqrt(var + spec.eps) * weight[:, None] + bias[:, None]) * valid
+    return F.gelu(y.to(pre.dtype))
 
 
 #: Frames per chunk of the element-wise recomputation (8 MB at 512 float32 channels).
