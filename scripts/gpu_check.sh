@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# GPU check, one command, about 6 minutes on one H200, nothing fetched from the network.
+# GPU check, one command, about 8 minutes on one H200 (first run: benchmarks/results/gpu_20261130_NVIDIA_H200), nothing fetched from the network.
 #   scripts/gpu_check.sh [smoke] [frontend] [models] [ab]     (no argument: all stages)
 #   1. installs the cp312 wheels carried in .whl/ (see scripts/fetch_gpu_wheels.sh) next to the
 #      machine's own torch;
 #   2. runs zipformer_tiny through k2ssl-hydra-train on CUDA with common.amp=true and with
 #      common.bf16=true (a few updates each, ScaledAdam/Eden as in the presets);
-#   3. the Base step benchmark (benchmarks/bench_models.py: same 4 x 10 s batch for every system)
-#      in fp32 and under bf16 and fp16 autocast;
-#   4. the CNN front-end benchmark and the Base-size A/B benchmark through fairseq's trainer;
-#   5. writes everything to benchmarks/results/gpu_<date>_<gpu>/ and, when $OUT is set (the device
+#   3. the CNN front-end benchmark (fairseq's module vs conv_frontend);
+#   4. the Base step benchmark (benchmarks/bench_models.py: same 4 x 10 s batch for every system)
+#      in fp32 and under bf16 and fp16 autocast, each step profiled, then a 16 x 15 s batch in bf16;
+#   5. the Base-size A/B benchmark through fairseq's trainer;
+#   6. writes everything to benchmarks/results/gpu_<date>_<gpu>/ and, when $OUT is set (the device
 #      tool), packs that folder into $OUT/gpu_results.tar.gz after every stage.
 # Each stage has its own time limit and a failed stage does not stop the others; the exit status is
 # non-zero when any stage failed, and summary.txt lists each stage's status.
