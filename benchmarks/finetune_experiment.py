@@ -153,9 +153,9 @@ def decode(checkpoint: Path, corpus: Path, subset: str, out: Path) -> Dict[str, 
 
 def parameter_count(checkpoint: Path) -> Dict[str, int]:
     """Parameters of the fine-tuned model: encoder (pre-training head removed) and CTC head."""
-    from k2ssl_fairseq import compat
+    from k2ssl_fairseq import checkpoints
 
-    weights = compat.load_checkpoint(checkpoint)["model"]
+    weights = checkpoints.load_checkpoint(checkpoint)["model"]
     head = sum(v.numel() for k, v in weights.items() if k.startswith("proj."))
     encoder = sum(v.numel() for k, v in weights.items() if k.startswith("encoder.") and v.is_floating_point())
     return {"encoder_parameters": int(encoder), "head_parameters": int(head)}

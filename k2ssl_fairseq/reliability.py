@@ -1,6 +1,6 @@
 """Fault tolerance for fairseq training, applied once when ``k2ssl_fairseq`` is imported.
 
-Two gaps in fairseq's trainer that a long run falls into:
+Gaps in fairseq's trainer that a long run falls into:
 
 * **Checkpoint writes are not crash-safe.** fairseq writes the first checkpoint of a save through a
   temporary file, but then *copies* it onto ``checkpoint_last.pt`` (and ``checkpoint_best.pt``)
@@ -18,14 +18,17 @@ Two gaps in fairseq's trainer that a long run falls into:
   run, not a bad batch) is fairseq's own ``FloatingPointError`` raised. Mixed precision keeps
   fairseq's handling: fp16 loss scaling and AMP already treat overflowing gradients as a skipped
   step.
+* **A killed save leaves a checkpoint-sized temporary file.** The next start removes the plugin's own
+  stale temporaries from ``checkpoint.save_dir`` (:func:`remove_stale_checkpoint_temporaries`).
 """
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
-from typing import Any, Callable, Optional
+from typing import Any, Callable, List, Optional
 
 import torch
 
@@ -129,10 +132,41 @@ class _AtomicCopyPathManager:
         return True
 
 
+#: The temporary files :func:`atomic_write` makes for checkpoints (``mkstemp`` prefix and suffix).
+_CHECKPOINT_TMP = re.compile(r"^\..+\.pt\.[A-Za-z0-9_]+\.tmp$")
+
+
+def remove_stale_checkpoint_temporaries(save_dir: str) -> List[str]:
+    """Delete the temporary files of checkpoint writes that a killed process left in ``save_dir``.
+
+    A SIGKILL between ``mkstemp`` and the rename leaves one behind (a checkpoint-sized file each, about
+    1 GB at Base), so repeated preemptions would fill the disk. Only this module's own pattern
+    (``.<name>.pt.<random>.tmp``) is touched. Returns the removed paths.
+    """
+    if not os.path.isdir(save_dir):
+        return []
+    removed = []
+    for name in sorted(os.listdir(save_dir)):
+        path = os.path.join(save_dir, name)
+        if _CHECKPOINT_TMP.match(name) and os.path.isfile(path):
+            size = os.path.getsize(path)
+            os.remove(path)
+            removed.append(path)
+            logger.warning("removed %s (%.1f MB), left by an interrupted checkpoint write", path, size / 2**20)
+    return removed
+
+
 def _install_atomic_checkpoints() -> None:
     from fairseq import checkpoint_utils
 
     original_save = checkpoint_utils.torch_persistent_save
+    original_load = checkpoint_utils.load_checkpoint
+
+    def load_checkpoint(cfg: Any, trainer: Any, **passthrough_args: Any) -> Any:
+        """fairseq's start-of-training checkpoint load, after clearing stale temporaries (saving rank only)."""
+        if trainer.is_data_parallel_master and _is_local(cfg.save_dir):
+            remove_stale_checkpoint_temporaries(cfg.save_dir)
+        return original_load(cfg, trainer, **passthrough_args)
 
     def torch_persistent_save(obj: Any, filename: Any, async_write: bool = False) -> None:
         if async_write or not isinstance(filename, str) or not _is_local(filename):
@@ -140,7 +174,9 @@ def _install_atomic_checkpoints() -> None:
         atomic_torch_save(obj, filename)
 
     torch_persistent_save.__wrapped__ = original_save
+    load_checkpoint.__wrapped__ = original_load
     checkpoint_utils.torch_persistent_save = torch_persistent_save
+    checkpoint_utils.load_checkpoint = load_checkpoint
     checkpoint_utils.PathManager = _AtomicCopyPathManager(checkpoint_utils.PathManager)
 
 

@@ -198,10 +198,10 @@ def stock_hubert_ctc_checkpoint(pretrained: Path, data: Path, out: Path, seed: i
     from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
     from omegaconf import OmegaConf
 
-    from . import compat
+    from . import checkpoints
     from .conversion.hubert_ctc import build_stock_model
 
-    pre = compat.load_checkpoint(pretrained)
+    pre = checkpoints.load_checkpoint(pretrained)
     cfg = OmegaConf.to_container(pre["cfg"], resolve=True) if OmegaConf.is_config(pre["cfg"]) else dict(pre["cfg"])
     cfg["task"] = {**OmegaConf.to_container(OmegaConf.structured(HubertPretrainingConfig(
         data=str(data), label_dir=str(data), labels=["ltr"], fine_tuning=True, single_target=True, normalize=False))),

@@ -33,7 +33,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    from k2ssl_fairseq.compat import CheckpointReadError, UntrustedCheckpointError
+    from k2ssl_fairseq.checkpoints import CheckpointReadError, UntrustedCheckpointError
     from k2ssl_fairseq.decoding import DecodingError, decode_checkpoint
 
     results_dir = args.results_dir or args.checkpoint.resolve().parent / f"decode_{args.subset}"

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 import k2ssl_fairseq  # noqa: F401  (the loading fix)
-from k2ssl_fairseq import compat
+from k2ssl_fairseq import checkpoints
 from k2ssl_fairseq.conversion.icefall import CheckpointMismatchError, export_icefall_checkpoint
 
 
@@ -27,7 +27,7 @@ def main() -> None:
                         help="the input may hold arbitrary pickled objects; load it fully")
     args = parser.parse_args()
 
-    checkpoint = compat.load_checkpoint(args.input, trusted=args.trusted_checkpoint)
+    checkpoint = checkpoints.load_checkpoint(args.input, trusted=args.trusted_checkpoint)
     try:
         converted = export_icefall_checkpoint(checkpoint, source=str(args.input))
     except CheckpointMismatchError as err:

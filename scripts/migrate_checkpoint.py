@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from k2ssl_fairseq import compat
+from k2ssl_fairseq import checkpoints
 from k2ssl_fairseq.conversion import hubert as conversion
 from k2ssl_fairseq.conversion import hubert_ctc
 
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
                                                    conversion.build_model(converted, str(args.destination)))
             for key, (diff, relative) in report.items():
                 print(f"{key:>14}: max |diff| {diff:.3e}  relative {relative:.3e}")
-    except (conversion.CheckpointConversionError, compat.UntrustedCheckpointError, compat.CheckpointReadError,
+    except (conversion.CheckpointConversionError, checkpoints.UntrustedCheckpointError, checkpoints.CheckpointReadError,
             FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

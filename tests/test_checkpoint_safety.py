@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import k2ssl_fairseq  # noqa: F401  (applies the compatibility layer)
-from k2ssl_fairseq import compat
+from k2ssl_fairseq import checkpoints
 from k2ssl_fairseq.testing import hydra_train, stock_hubert_tiny_overrides
 
 
@@ -41,7 +41,7 @@ def poisoned(stock_hubert_run: Path, tmp_path: Path):
 
 def test_allowlist_is_exactly_what_fairseq_checkpoints_hold(stock_hubert_run: Path):
     needed = torch.serialization.get_unsafe_globals_in_checkpoint(str(stock_hubert_run / "ckpt" / "checkpoint_last.pt"))
-    allowed = {f"{g.__module__}.{g.__qualname__}" for g in compat.checkpoint_globals()}
+    allowed = {f"{g.__module__}.{g.__qualname__}" for g in checkpoints.checkpoint_globals()}
     assert set(needed) <= allowed
     assert "posix.system" not in allowed and "builtins.eval" not in allowed
 
@@ -50,18 +50,18 @@ def test_load_model_ensemble_and_task_refuses(poisoned):
     from fairseq import checkpoint_utils
 
     path, marker = poisoned
-    with pytest.raises(compat.UntrustedCheckpointError, match=r"posix\.system") as err:
+    with pytest.raises(checkpoints.UntrustedCheckpointError, match=r"posix\.system") as err:
         checkpoint_utils.load_model_ensemble_and_task([str(path)])
-    assert str(path) in str(err.value) and compat.TRUSTED_ENV in str(err.value)
+    assert str(path) in str(err.value) and checkpoints.TRUSTED_ENV in str(err.value)
     assert not marker.exists()
 
 
 def test_plugin_loaders_refuse(poisoned):
     path, marker = poisoned
-    with pytest.raises(compat.UntrustedCheckpointError, match=r"posix\.system"):
-        compat.load_checkpoint(path)
-    with pytest.raises(compat.UntrustedCheckpointError, match=r"posix\.system"):
-        compat.load_torch_file(path)
+    with pytest.raises(checkpoints.UntrustedCheckpointError, match=r"posix\.system"):
+        checkpoints.load_checkpoint(path)
+    with pytest.raises(checkpoints.UntrustedCheckpointError, match=r"posix\.system"):
+        checkpoints.load_torch_file(path)
     assert not marker.exists()
 
 
@@ -81,19 +81,19 @@ def test_trusted_opt_in_is_per_file(stock_hubert_run: Path, tmp_path: Path, monk
     # A harmless global that is not on the allowlist stands in for "needs full unpickling".
     path = _poisoned_copy(stock_hubert_run / "ckpt" / "checkpoint_last.pt", tmp_path / "other.pt",
                           fractions.Fraction(1, 3))
-    with pytest.raises(compat.UntrustedCheckpointError, match=r"fractions\.Fraction"):
-        compat.load_checkpoint(path)
-    monkeypatch.setenv(compat.TRUSTED_ENV, str(path))
-    assert compat.load_checkpoint(path)["extra_state"]["payload"] == fractions.Fraction(1, 3)
-    monkeypatch.delenv(compat.TRUSTED_ENV)
-    assert compat.load_checkpoint(path, trusted=True)["extra_state"]["payload"] == fractions.Fraction(1, 3)
+    with pytest.raises(checkpoints.UntrustedCheckpointError, match=r"fractions\.Fraction"):
+        checkpoints.load_checkpoint(path)
+    monkeypatch.setenv(checkpoints.TRUSTED_ENV, str(path))
+    assert checkpoints.load_checkpoint(path)["extra_state"]["payload"] == fractions.Fraction(1, 3)
+    monkeypatch.delenv(checkpoints.TRUSTED_ENV)
+    assert checkpoints.load_checkpoint(path, trusted=True)["extra_state"]["payload"] == fractions.Fraction(1, 3)
 
 
 def test_not_a_checkpoint_gets_a_clear_error(tmp_path: Path):
     bogus = tmp_path / "bogus.pt"
     bogus.write_bytes(b"this is not a torch file")
-    for load in (compat.load_checkpoint, compat.load_torch_file):
-        with pytest.raises(compat.CheckpointReadError, match="bogus.pt: not a readable torch checkpoint"):
+    for load in (checkpoints.load_checkpoint, checkpoints.load_torch_file):
+        with pytest.raises(checkpoints.CheckpointReadError, match="bogus.pt: not a readable torch checkpoint"):
             load(bogus)
 
 

@@ -107,9 +107,9 @@ def train(run_dir: Path, overrides: Sequence[str], nproc: int = 1,
 
 
 def parameters(run_dir: Path, name: str = "checkpoint_last.pt", updates: int = NUM_UPDATES) -> Dict[str, torch.Tensor]:
-    from k2ssl_fairseq import compat
+    from k2ssl_fairseq import checkpoints
 
-    state = compat.load_checkpoint(run_dir / "ckpt" / name)
+    state = checkpoints.load_checkpoint(run_dir / "ckpt" / name)
     assert state["optimizer_history"][-1]["num_updates"] == updates
     return {k: v.double() for k, v in state["model"].items() if v.is_floating_point()}
 

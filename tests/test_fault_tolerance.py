@@ -36,7 +36,7 @@ import torch
 
 from test_distributed import EVAL_ENCODER_ENV, PRESET_DIR, RECORD_IDS_ENV, REPO, THIS_FILE as LAUNCHER, train
 
-from k2ssl_fairseq import compat
+from k2ssl_fairseq import checkpoints
 from k2ssl_fairseq.data.audio import AudioReadError
 
 MAX_UPDATE = 7
@@ -85,7 +85,7 @@ def updates_to_ids(run_dir: Path) -> Dict[int, List[List[int]]]:
 
 
 def model_and_optimizer(run_dir: Path):
-    state = compat.load_checkpoint(run_dir / "ckpt" / "checkpoint_last.pt")
+    state = checkpoints.load_checkpoint(run_dir / "ckpt" / "checkpoint_last.pt")
     assert state["optimizer_history"][-1]["num_updates"] == MAX_UPDATE
     return state["model"], state["last_optimizer_state"]
 
@@ -203,5 +203,5 @@ def test_nan_audio_skips_its_update_and_the_run_goes_on(tiny_corpus: Path, tmp_p
     assert "update skipped, weights unchanged (1 skipped so far)" in log
     epoch_summary = [line for line in log.splitlines() if "][train][INFO] - {" in line]
     assert epoch_summary and json.loads(epoch_summary[-1].split(" - ", 1)[1])["train_nonfinite_skips"] == "1"
-    state = compat.load_checkpoint(tmp_path / "run" / "ckpt" / "checkpoint_last.pt")
+    state = checkpoints.load_checkpoint(tmp_path / "run" / "ckpt" / "checkpoint_last.pt")
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())

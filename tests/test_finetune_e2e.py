@@ -15,7 +15,7 @@ from fairseq import checkpoint_utils, tasks
 from omegaconf import OmegaConf
 
 import k2ssl_fairseq.models.k2ssl_ctc  # noqa: F401  (registers k2ssl_ctc in this process)
-from k2ssl_fairseq import compat
+from k2ssl_fairseq import checkpoints
 from k2ssl_fairseq.testing import write_zipformer_checkpoint
 from k2ssl_fairseq.testing import hydra_train
 
@@ -61,7 +61,7 @@ def test_finetuning_trains_validates_with_wer_and_saves(finetuned):
 
 
 def test_finetuned_checkpoint_loads_after_pretrained_file_is_deleted(finetuned, tiny_corpus):
-    state = compat.load_checkpoint(finetuned["checkpoint"])
+    state = checkpoints.load_checkpoint(finetuned["checkpoint"])
     record = state["cfg"].model.encoder
     assert record.model._name == "zipformer_ssl" and not Path(record.source).exists()
     models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(finetuned["checkpoint"])])
@@ -96,7 +96,7 @@ def test_decode_script_missing_dictionary_and_wrong_vocabulary(finetuned, tiny_c
     args = ["--checkpoint", str(finetuned["checkpoint"]), "--data", str(data), "--subset", "valid",
             "--results-dir", str(tmp_path / "out"), "--device", "cpu"]
     assert decode_main()(args) == 2
-    assert f"{data / 'dict.ltr.txt'}: missing dictionary" in capsys.readouterr().err
+    assert f"{data / 'dict.ltr.txt'}: dictionary file does not exist" in capsys.readouterr().err
 
     letters = (tiny_corpus / "dict.ltr.txt").read_text().splitlines()
     (data / "dict.ltr.txt").write_text("\n".join(letters[:-2]) + "\n")

@@ -10,6 +10,7 @@ from fairseq import tasks
 from fairseq.models.hubert.hubert import HubertConfig
 from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
 
+from k2ssl_fairseq.checkpoints import CheckpointReadError
 from k2ssl_fairseq.data.audio import read_audio
 from k2ssl_fairseq.data.frames import conv_frames
 from k2ssl_fairseq.data.manifest import read_manifest
@@ -83,7 +84,7 @@ def test_iteration_two_labels_from_a_checkpoint_layer_are_read_by_stock_hubert_t
 def test_checkpoints_the_plugin_cannot_load_are_reported(corpus, checkpoint, tmp_path):
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointLoadError, match=r"garbage\.pt: the plugin cannot load this checkpoint's model"):
+    with pytest.raises(CheckpointReadError, match=r"garbage\.pt: not a readable torch checkpoint"):
         CheckpointLayerExtractor(garbage, layer=1)
     unknown = save_tiny_hubert(corpus, tmp_path / "unknown.pt", model_name="no_such_model")
     with pytest.raises(CheckpointLoadError, match=r"unknown\.pt: the plugin cannot load .*no_such_model"):

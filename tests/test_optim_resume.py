@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from k2ssl_fairseq.compat import load_checkpoint
+from k2ssl_fairseq.checkpoints import load_checkpoint
 from k2ssl_fairseq.testing import TINY_CONV, hydra_train, make_tiny_corpus, stock_hubert_tiny_overrides
 
 # The switch documented in docs/optim.md for fairseq's HuBERT / wav2vec2 pre-training yamls.

@@ -18,7 +18,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf, open_dict
 
 import k2ssl_fairseq
-from k2ssl_fairseq import compat, reliability
+from k2ssl_fairseq import checkpoints, reliability
 from k2ssl_fairseq.testing import PLUGIN_DIR
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "config" / "pretrain"
@@ -135,7 +135,7 @@ def test_crash_during_save_keeps_the_previous_checkpoint_last(trainer_and_batche
     trainer.train_step([batches[0]])
     checkpoint_utils.save_checkpoint(cfg, trainer, epoch_itr, None)
     saved_updates = trainer.get_num_updates()
-    assert compat.load_checkpoint(last)["optimizer_history"][-1]["num_updates"] == saved_updates
+    assert checkpoints.load_checkpoint(last)["optimizer_history"][-1]["num_updates"] == saved_updates
 
     trainer.train_step([batches[1]])
     if crash_in == "copy":
@@ -146,7 +146,7 @@ def test_crash_during_save_keeps_the_previous_checkpoint_last(trainer_and_batche
         checkpoint_utils.save_checkpoint(cfg, trainer, epoch_itr, None)
     monkeypatch.undo()
 
-    state = compat.load_checkpoint(last)
+    state = checkpoints.load_checkpoint(last)
     assert state["optimizer_history"][-1]["num_updates"] == saved_updates
     assert set(state["model"]) == set(trainer.get_model().state_dict())
     assert not list(Path(cfg.save_dir).glob("*.tmp")), "a failed write must not leave temporary files"

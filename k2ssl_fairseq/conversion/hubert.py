@@ -37,7 +37,7 @@ from fairseq import tasks
 from fairseq.models.hubert import hubert as stock_hubert
 from omegaconf import DictConfig, OmegaConf
 
-from .. import compat
+from .. import checkpoints
 from ..data.masking import compute_span_mask
 from ..models.k2ssl_hubert import K2sslHubertModel
 
@@ -61,9 +61,9 @@ class CheckpointConversionError(ValueError):
 
 
 def read_checkpoint(path: Path, trusted: bool = False) -> Dict[str, Any]:
-    """Load a fairseq checkpoint on any torch (through ``k2ssl_fairseq.compat``), cfg as a plain dict."""
+    """Load a fairseq checkpoint on any torch (through ``k2ssl_fairseq.checkpoints``), cfg as a plain dict."""
     try:
-        checkpoint = compat.load_checkpoint(path, trusted=trusted)
+        checkpoint = checkpoints.load_checkpoint(path, trusted=trusted)
     except (KeyError, AttributeError, TypeError) as err:  # fairseq's upgrade step on a foreign dict
         raise CheckpointConversionError(
             f"{path}: not a fairseq checkpoint (fairseq's loader failed: {type(err).__name__}: {err})") from None

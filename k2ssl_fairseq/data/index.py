@@ -13,15 +13,12 @@ from typing import List, Optional, Sequence, Union
 import numpy as np
 import soundfile
 
+from .errors import InvalidInputError
 from .frames import label_frames
 from .labels import LabelSequences, load_labels
 from .manifest import Manifest, read_manifest
 
 logger = logging.getLogger(__name__)
-
-
-class InvalidInputError(ValueError):
-    """Start-up validation found bad input; the message lists the first problems as ``file:line: what``."""
 
 
 @dataclass(frozen=True)

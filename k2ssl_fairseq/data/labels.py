@@ -3,13 +3,16 @@
 A label file (``.km`` frame labels, ``.ltr`` letters, ...) has one line per manifest data line.
 Parsing text per sample (what ``hubert_dataset`` does) costs a Python tokenise-and-lookup on every
 read; here every line is converted to dictionary indices once, stored as one int32 array plus line
-offsets, and saved next to the label file (or in a cache directory). The cache is keyed by the label
-file's path, size and modification time and by the dictionary, so editing either rebuilds it.
+offsets, and saved next to the label file (or in a cache directory). The cache is keyed by a hash of the label
+file's content and of the dictionary, so changing either rebuilds it, however the file was replaced
+(``cp -p``, ``rsync -a`` and ``tar x`` keep size and modification time; hashing reads the file once,
+about a second per 500 MB).
 Indices are int16 when the dictionary allows (k-means vocabularies do) and the values file is memory
 mapped, so DataLoader workers share one copy through the page cache.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -22,7 +25,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 
 
 @dataclass
@@ -94,14 +97,19 @@ def parse_labels(label_path: Union[str, Path], symbols: Sequence[str]) -> LabelS
     lengths: List[int] = []
     problem_lines: List[int] = []
     problem_texts: List[str] = []
-    with open(label_path, encoding="utf-8") as text:
-        for line_index, line in enumerate(text):
-            tokens = line.split()
-            indices = _encode(tokens, lookup, integer_table)
-            if not tokens or indices is None:
+    with open(label_path, "rb") as data:
+        for line_index, raw in enumerate(data):
+            try:
+                tokens = raw.decode("utf-8").split()
+            except UnicodeDecodeError as err:
+                tokens, problem = [], f"not UTF-8 text ({err.reason} at byte {err.start})"
+            else:
+                indices = _encode(tokens, lookup, integer_table)
+                problem = ("empty label line" if not tokens else None if indices is not None else
+                           f"unknown symbol(s) {_unknown(tokens, lookup)[:5]} (not in the dictionary)")
+            if problem is not None:
                 problem_lines.append(line_index)
-                problem_texts.append("empty label line" if not tokens else
-                                     f"unknown symbol(s) {_unknown(tokens, lookup)[:5]} (not in the dictionary)")
+                problem_texts.append(problem)
                 indices = np.zeros(0, dtype=np.int32)
             chunks.append(indices)
             lengths.append(len(indices))
@@ -116,9 +124,14 @@ def _index_dtype(num_symbols: int) -> type:
     return np.int16 if num_symbols <= np.iinfo(np.int16).max else np.int32
 
 
+def _is_integer_symbol(symbol: str) -> bool:
+    """A k-means id written the one way ``str(int)`` writes it (``7``, not ``07``, ``+7`` or ``²``)."""
+    return symbol.isascii() and symbol.isdigit() and (symbol == "0" or symbol[0] != "0")
+
+
 def _integer_symbol_table(symbols: Sequence[str]) -> Optional[np.ndarray]:
     """Index of each integer symbol (k-means ids) as an array, or None when symbols are not integers."""
-    numbered = {int(symbol): index for index, symbol in enumerate(symbols) if symbol.isdigit()}
+    numbered = {int(symbol): index for index, symbol in enumerate(symbols) if _is_integer_symbol(symbol)}
     if not numbered:
         return None
     table = np.full(max(numbered) + 1, -1, dtype=np.int32)
@@ -128,13 +141,14 @@ def _integer_symbol_table(symbols: Sequence[str]) -> Optional[np.ndarray]:
 
 
 def _encode(tokens: List[str], lookup: Dict[str, int], integer_table: Optional[np.ndarray]) -> Optional[np.ndarray]:
-    """Dictionary indices of one line, or None if a symbol is unknown; integer lines take a numpy path."""
+    """Dictionary indices of one line, or None if a symbol is unknown; integer lines take a numpy path,
+    which only accepts tokens written exactly as the dictionary's integer symbols are."""
     if integer_table is not None:
         try:
             values = np.asarray(tokens, dtype=np.int64)
-        except ValueError:
+        except (ValueError, OverflowError):
             values = None
-        if values is not None:
+        if values is not None and " ".join(tokens) == " ".join(map(str, values.tolist())):
             if values.size and (values.min() < 0 or values.max() >= len(integer_table)):
                 return None
             indices = integer_table[values]
@@ -150,10 +164,13 @@ def _unknown(tokens: List[str], lookup: Dict[str, int]) -> List[str]:
 
 
 def _fingerprint(label_path: Path, symbols: Sequence[str]) -> str:
-    stat = label_path.stat()
+    content = hashlib.blake2b(digest_size=20)
+    with open(label_path, "rb") as data:
+        for block in iter(lambda: data.read(1 << 22), b""):
+            content.update(block)
     dictionary = hashlib.sha1("\n".join(symbols).encode("utf-8")).hexdigest()
-    return json.dumps({"version": _CACHE_VERSION, "path": str(label_path), "size": stat.st_size,
-                       "mtime_ns": stat.st_mtime_ns, "dictionary": dictionary}, sort_keys=True)
+    return json.dumps({"version": _CACHE_VERSION, "path": str(label_path), "content": content.hexdigest(),
+                       "dictionary": dictionary}, sort_keys=True)
 
 
 def _cache_path(label_path: Path, cache_dir: Optional[Union[str, Path]]) -> Path:
@@ -204,5 +221,6 @@ def _write_cache(cache_path: Path, fingerprint: str, labels: LabelSequences) -> 
         os.replace(meta_tmp, cache_path)
     except OSError as error:
         logger.warning("cannot write label cache %s (%s); labels will be parsed again next run", cache_path, error)
-        values_tmp.unlink(missing_ok=True)
-        meta_tmp.unlink(missing_ok=True)
+        for leftover in (values_tmp, meta_tmp):
+            with contextlib.suppress(OSError):  # e.g. the cache "directory" is a file: nothing was created
+                leftover.unlink(missing_ok=True)

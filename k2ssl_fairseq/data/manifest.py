@@ -8,12 +8,14 @@ from __future__ import annotations
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Union
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
 
+from .errors import InvalidInputError
 
-class ManifestError(ValueError):
+
+class ManifestError(InvalidInputError):
     """A manifest line that cannot be parsed; the message names the file and line."""
 
 
@@ -61,8 +63,9 @@ def read_manifest(tsv_path: Union[str, Path], problems: Optional[List[str]] = No
 
     Raises:
         FileNotFoundError: the manifest does not exist.
-        ManifestError: an empty root line, an empty line, a line without exactly two tab-separated
-            fields, or a sample count that is not a positive integer (message ``file:line: problem``).
+        ManifestError: an empty root line or an empty data line (always), or, without ``problems``,
+            a line without exactly two tab-separated fields or a sample count that is not a positive
+            integer (message ``file:line: problem``).
     """
     tsv_path = Path(tsv_path)
     if not tsv_path.is_file():
@@ -70,18 +73,23 @@ def read_manifest(tsv_path: Union[str, Path], problems: Optional[List[str]] = No
     names: List[str] = []
     counts = array("q")  # 8 bytes per utterance while reading, instead of a list of int objects
     skipped: List[int] = []
-    with open(tsv_path, encoding="utf-8") as text:
-        root_line = text.readline().rstrip("\r\n")
+    with open(tsv_path, "rb") as data:
+        root_line = _decoded(data.readline(), tsv_path, 1).rstrip("\r\n")
         if not root_line.strip():
             raise ManifestError(f"{tsv_path}:1: first line must be the audio root directory, got an empty line")
-        for line_no, line in enumerate(text, start=2):
+        for line_no, raw in enumerate(data, start=2):
+            line = _decoded(raw, tsv_path, line_no)
             name, tab, count = line.rstrip("\r\n").partition("\t")
-            if name and count.isdigit() and count.strip("0"):  # the common case, checked cheaply
+            if name[:1].strip() and count.isascii() and count.isdigit() and count.strip("0"):  # the common case
                 names.append(name)
                 counts.append(int(count))
                 continue
-            problem = _data_line_problem(line.rstrip("\r\n").split("\t"), line)
-            if problems is None:
+            entry, problem = _parse_data_line(line)
+            if entry is not None:
+                names.append(entry[0])
+                counts.append(entry[1])
+                continue
+            if problem == EMPTY_LINE or problems is None:
                 raise ManifestError(f"{tsv_path}:{line_no}: {problem}")
             problems.append(f"{tsv_path}:{line_no}: {problem}")
             skipped.append(line_no - 2)
@@ -90,14 +98,33 @@ def read_manifest(tsv_path: Union[str, Path], problems: Optional[List[str]] = No
                     num_samples=np.frombuffer(counts, dtype=np.int64).copy(), lines=lines)
 
 
-def _data_line_problem(fields: List[str], line: str) -> Optional[str]:
-    """What is wrong with one ``path<TAB>num_samples`` line, or None."""
-    if not line.strip():
-        return "empty line"
+def _decoded(raw: bytes, path: Path, line_no: int) -> str:
+    """One line as text; a line that is not UTF-8 is an error at that line, never skipped."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ManifestError(f"{path}:{line_no}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
+EMPTY_LINE = ("empty line: label files are matched to manifest lines one by one, so it cannot be skipped; "
+              "remove it (and the matching label line, if there is one)")
+
+
+def _parse_data_line(line: str) -> Tuple[Optional[Tuple[str, int]], Optional[str]]:
+    """``((path, num_samples), None)`` for a valid ``path<TAB>num_samples`` line, else ``(None, problem)``.
+
+    Like stock fairseq, whitespace around the line and around the count is ignored; unlike it, the
+    count must be ASCII digits (``int`` also takes ``'²'``-like characters, or fails on them).
+    """
+    stripped = line.strip()
+    if not stripped:
+        return None, EMPTY_LINE
+    fields = stripped.split("\t")
     if len(fields) != 2 or not fields[0]:
-        return f"expected 'path<TAB>num_samples', got {line.rstrip()!r}"
-    if not fields[1].strip().isdigit():
-        return f"sample count {fields[1]!r} is not a non-negative integer"
-    if int(fields[1]) == 0:
-        return "sample count 0: empty audio"
-    return None
+        return None, f"expected 'path<TAB>num_samples', got {line.rstrip(chr(10) + chr(13))!r}"
+    count = fields[1].strip()
+    if not (count.isascii() and count.isdigit()):
+        return None, f"sample count {fields[1]!r} is not a non-negative integer"
+    if int(count) == 0:
+        return None, "sample count 0: empty audio"
+    return (fields[0], int(count)), None

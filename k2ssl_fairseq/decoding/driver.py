@@ -18,7 +18,8 @@ from fairseq import tasks
 from fairseq.data.dictionary import Dictionary
 from omegaconf import open_dict
 
-from .. import compat
+from .. import checkpoints
+from ..data.dictionary import DictionaryError, load_dictionary
 from ..models import k2ssl_ctc  # noqa: F401  (registers k2ssl_ctc for task.build_model)
 from .greedy import greedy_ctc
 from .scoring import ErrorCounts, letters_to_words, score
@@ -44,7 +45,7 @@ def load_for_decoding(checkpoint: Path, data: Path, trusted: bool = False):
         DecodingError: not a ``k2ssl_ctc`` checkpoint, missing dictionary, or a dictionary whose size
             differs from the model's CTC head.
     """
-    state = compat.load_checkpoint(checkpoint, trusted=trusted)
+    state = checkpoints.load_checkpoint(checkpoint, trusted=trusted)
     cfg = state.get("cfg")
     if cfg is None or cfg.model.get("_name") != "k2ssl_ctc":
         found = None if cfg is None else cfg.model.get("_name")
@@ -53,9 +54,11 @@ def load_for_decoding(checkpoint: Path, data: Path, trusted: bool = False):
         cfg.task.data = str(data)
         cfg.task.label_dir = str(data)
     dictionary_path = Path(data) / f"dict.{cfg.task.labels[0]}.txt"
-    if not dictionary_path.is_file():
-        raise DecodingError(f"{dictionary_path}: missing dictionary (the fine-tuning task reads the units "
-                            f"of label '{cfg.task.labels[0]}' from it)")
+    try:
+        load_dictionary(dictionary_path)  # the task reads it again; this names the file and line of a problem
+    except DictionaryError as err:
+        raise DecodingError(f"{err} (the fine-tuning task reads the units of label "
+                            f"'{cfg.task.labels[0]}' from it)") from None
     task = tasks.setup_task(cfg.task, from_checkpoint=True)
     head_size = state["model"]["proj.weight"].shape[0]
     if len(task.target_dictionary) != head_size:
@@ -125,7 +128,7 @@ def decode_checkpoint(checkpoint: Path, data: Path, subset: str, results_dir: Pa
         results_dir: where the hypothesis/reference files and ``wer.json`` go.
         device: ``cpu`` or ``cuda``; default ``cuda`` when available.
         max_duration: seconds of audio per batch.
-        trusted: fully unpickle the checkpoint (see ``k2ssl_fairseq.compat``).
+        trusted: fully unpickle the checkpoint (see ``k2ssl_fairseq.checkpoints``).
     """
     checkpoint, data = Path(checkpoint).resolve(), Path(data).resolve()
     started = time.perf_counter()

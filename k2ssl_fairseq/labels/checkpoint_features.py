@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import compat
+from .. import checkpoints
 from ..data.frames import WAV2VEC2_CONV_LAYERS, conv_frames, conv_stride
 from .shards import LabelPipelineError
 
@@ -42,7 +42,7 @@ def load_feature_model(checkpoint: Union[str, Path], arg_overrides: Optional[Dic
         checkpoint: fairseq checkpoint (``checkpoint_best.pt``, released HuBERT, plugin model).
         arg_overrides: config overrides, e.g. ``{"data": ..., "label_dir": ...}`` when the task
             paths stored in the checkpoint do not exist on this machine.
-        trusted: fully unpickle this file even if it holds objects outside ``k2ssl_fairseq.compat``'s
+        trusted: fully unpickle this file even if it holds objects outside ``k2ssl_fairseq.checkpoints``'s
             allowlist (it may then execute code; only for files you trust).
 
     Returns:
@@ -50,20 +50,14 @@ def load_feature_model(checkpoint: Union[str, Path], arg_overrides: Optional[Dic
 
     Raises:
         CheckpointLoadError: naming the file and the reason.
+        checkpoints.CheckpointError: the file is unreadable, or refused (unpickling or config checks).
     """
     from fairseq import checkpoint_utils  # the plugin is registered: this module is inside k2ssl_fairseq
 
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise CheckpointLoadError(f"{checkpoint}: checkpoint does not exist")
-    if trusted:
-        compat.trust_checkpoint(checkpoint)
-    try:
-        state = checkpoint_utils.load_checkpoint_to_cpu(str(checkpoint), arg_overrides)
-    except Exception as error:  # pickle, zip and torch.load errors of many types
-        raise CheckpointLoadError(
-            f"{checkpoint}: the plugin cannot load this checkpoint's model, the file does not load "
-            f"({type(error).__name__}: {error})") from error
+    state = checkpoints.load_checkpoint(checkpoint, trusted, arg_overrides)
     _check_model_registered(checkpoint, state)
     try:
         models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task(

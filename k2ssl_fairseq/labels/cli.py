@@ -8,6 +8,7 @@ from typing import Callable, Dict, List, Optional
 
 import yaml
 
+from ..checkpoints import CheckpointError
 from ..data.audio import AudioReadError
 from ..data.manifest import ManifestError
 from .pipeline import FeatureSpec
@@ -64,7 +65,7 @@ def run_reporting_errors(main: Callable[[Optional[List[str]]], None], argv: Opti
     """Run a CLI body; input errors become one ``error: ...`` line and exit status 1, not a traceback."""
     try:
         main(argv)
-    except (LabelPipelineError, ManifestError, AudioReadError, FileNotFoundError, ValueError) as error:
+    except (LabelPipelineError, ManifestError, AudioReadError, CheckpointError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

@@ -34,7 +34,7 @@ class FeatureSpec:
         chunk_samples, context_samples: long-file windows for the checkpoint (see
             ``checkpoint_features``).
         arg_overrides: fairseq overrides applied when loading the checkpoint.
-        trusted_checkpoint: fully unpickle the checkpoint (see ``k2ssl_fairseq.compat``).
+        trusted_checkpoint: fully unpickle the checkpoint (see ``k2ssl_fairseq.checkpoints``).
     """
 
     kind: str = "mfcc"

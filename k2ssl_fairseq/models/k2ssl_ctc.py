@@ -30,7 +30,7 @@ from fairseq.models import BaseFairseqModel, register_model
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from .. import compat
+from .. import checkpoints
 from ..conversion.hubert import PLUGIN_MODEL, STOCK_MODEL, rewrite_config
 from . import k2ssl_hubert, zipformer_ssl  # noqa: F401  (registers the encoder models)
 
@@ -94,7 +94,7 @@ def _placeholder_dictionary(size: int) -> Dictionary:
 
 
 def _encoder_record(path: str) -> Dict[str, Any]:
-    """Read a pre-training checkpoint (guarded loader of ``compat``); return its encoder record and weights.
+    """Read a pre-training checkpoint (``checkpoints.load_checkpoint``); return its encoder record and weights.
 
     Returns:
         ``{"model", "num_classes", "sample_rate", "normalize", "source", "weights"}``: the model config
@@ -102,7 +102,7 @@ def _encoder_record(path: str) -> Dict[str, Any]:
         each label set, the task's sample rate and waveform normalisation, the source path, and the
         state dict (stock ``hubert`` names are ``k2ssl_hubert`` names).
     """
-    checkpoint = compat.load_checkpoint(path)
+    checkpoint = checkpoints.load_checkpoint(path)
     cfg = checkpoint.get("cfg")
     if cfg is None or "model" not in checkpoint:
         raise PretrainedCheckpointError(f"{path}: not a fairseq checkpoint (needs 'cfg' and 'model' entries)")

@@ -43,6 +43,7 @@ from torch import nn
 
 from ..data.frames import frame_padding_mask
 from ..data.masking import span_mask_tensor
+from ..safe_literals import UnsafeLiteralError, parse_literal
 from .conv_frontend import conv_features
 
 LOGIT_MODE_CHOICES = ChoiceEnum(["cosine", "linear"])
@@ -131,6 +132,12 @@ def _linear_head_config(cfg: K2sslHubertConfig, num_classes: Sequence[int]) -> K
 
 
 def _check_supported(cfg: K2sslHubertConfig) -> None:
+    """Refuse settings this model cannot honour, and a CNN layout that is not plain data (the stock
+    constructor ``eval``s it, wherever the config came from: command line, yaml or a checkpoint)."""
+    try:
+        parse_literal(str(cfg.conv_feature_layers))
+    except UnsafeLiteralError as err:
+        raise ValueError(f"model.conv_feature_layers={cfg.conv_feature_layers!r} refused: {err}") from None
     problems = []
     if cfg.layer_type != "transformer":
         problems.append(f"layer_type={cfg.layer_type!r} (only 'transformer' has an SDPA encoder)")

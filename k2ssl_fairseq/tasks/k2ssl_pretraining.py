@@ -22,6 +22,7 @@ from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig, HubertPret
 
 from ..data.bucketing import BatchingSettings
 from ..data.dataset import BucketedAudioDataset, LabelSettings, MaskSettings
+from ..data.dictionary import load_dictionary
 from ..data.frames import WAV2VEC2_CONV_LAYERS
 from ..data.index import IndexSettings, LabelSource, build_index
 from ..optim.param_names import tag_parameter_names
@@ -75,6 +76,11 @@ class K2sslPretrainingTask(HubertPretrainingTask):
         super().__init__(cfg)
         self.mask_settings: Optional[MaskSettings] = None
         self._last_step_end: Optional[float] = None
+
+    def load_dictionaries(self) -> Any:
+        """Stock ``load_dictionaries`` with the plugin's strict reader (errors name file and line)."""
+        dictionaries = [load_dictionary(Path(self.get_label_dir()) / f"dict.{label}.txt") for label in self.cfg.labels]
+        return dictionaries[0] if self.cfg.fine_tuning else dictionaries
 
     def load_dataset(self, split: str, **kwargs: Any) -> None:
         cfg = self.cfg
