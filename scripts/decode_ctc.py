@@ -33,14 +33,15 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    from k2ssl_fairseq.checkpoints import CheckpointReadError, UntrustedCheckpointError
-    from k2ssl_fairseq.decoding import DecodingError, decode_checkpoint
+    from k2ssl_fairseq.checkpoints import CheckpointError
+    from k2ssl_fairseq.data.errors import InvalidInputError
+    from k2ssl_fairseq.decoding import decode_checkpoint
 
     results_dir = args.results_dir or args.checkpoint.resolve().parent / f"decode_{args.subset}"
     try:
         report = decode_checkpoint(args.checkpoint, args.data, args.subset, results_dir, args.device,
                                    args.max_duration, args.trusted_checkpoint)
-    except (DecodingError, FileNotFoundError, UntrustedCheckpointError, CheckpointReadError) as err:
+    except (CheckpointError, InvalidInputError) as err:
         print(f"decode_ctc: error: {err}", file=sys.stderr)
         return 2
     print(f"{args.subset}: WER {report['wer']:.2f}% ({report['word_errors']}/{report['ref_words']}), "

@@ -16,7 +16,7 @@ import torch
 
 import k2ssl_fairseq  # noqa: F401  (the loading fix)
 from k2ssl_fairseq import checkpoints
-from k2ssl_fairseq.conversion.icefall import CheckpointMismatchError, export_icefall_checkpoint
+from k2ssl_fairseq.conversion.icefall import export_icefall_checkpoint
 
 
 def main() -> None:
@@ -27,10 +27,10 @@ def main() -> None:
                         help="the input may hold arbitrary pickled objects; load it fully")
     args = parser.parse_args()
 
-    checkpoint = checkpoints.load_checkpoint(args.input, trusted=args.trusted_checkpoint)
     try:
+        checkpoint = checkpoints.load_checkpoint(args.input, trusted=args.trusted_checkpoint)
         converted = export_icefall_checkpoint(checkpoint, source=str(args.input))
-    except CheckpointMismatchError as err:
+    except checkpoints.CheckpointError as err:
         sys.exit(f"error: {err}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     torch.save(converted, args.output)

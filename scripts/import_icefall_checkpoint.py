@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 import k2ssl_fairseq  # noqa: F401  (registers zipformer_ssl and the loading fix)
 from k2ssl_fairseq import checkpoints
-from k2ssl_fairseq.conversion.icefall import CheckpointMismatchError, import_icefall_checkpoint
+from k2ssl_fairseq.conversion.icefall import import_icefall_checkpoint
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "config" / "pretrain"
 
@@ -35,10 +35,10 @@ def main() -> None:
     preset = None
     if args.preset:
         preset = OmegaConf.to_container(OmegaConf.load(PRESET_DIR / f"zipformer_{args.preset}.yaml").model)
-    checkpoint = checkpoints.load_torch_file(args.input, trusted=args.trusted_checkpoint)
     try:
+        checkpoint = checkpoints.load_torch_file(args.input, trusted=args.trusted_checkpoint)
         converted = import_icefall_checkpoint(checkpoint, args.use_averaged_model, preset, source=str(args.input))
-    except CheckpointMismatchError as err:
+    except checkpoints.CheckpointError as err:
         sys.exit(f"error: {err}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     torch.save(converted, args.output)

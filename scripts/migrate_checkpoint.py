@@ -47,21 +47,21 @@ def main(argv=None) -> int:
                                                                trusted=args.trusted_checkpoint)
         print(f"wrote {args.destination} ({args.to}); reset machine paths: {', '.join(dropped) or 'none'}")
         if args.verify:
-            source = conversion.read_checkpoint(args.source, args.trusted_checkpoint)
+            source = checkpoints.read_fairseq_checkpoint(args.source, args.trusted_checkpoint)
             if fine_tuned:
                 reference = hubert_ctc.build_stock_model(source, str(args.source), args.pretrained)
-                candidate = hubert_ctc.build_ctc_model(converted["cfg"]["model"], converted["cfg"]["model"]["encoder"],
+                record = checkpoints.EncoderRecord.from_mapping(converted["cfg"]["model"]["encoder"], args.destination)
+                candidate = hubert_ctc.build_ctc_model(converted["cfg"]["model"], record,
                                                        int(converted["model"]["proj.weight"].shape[0]),
                                                        str(args.destination))
                 candidate.load_state_dict(converted["model"], strict=True)
                 report = hubert_ctc.compare_ctc_models(reference, candidate)
             else:
-                report = conversion.compare_models(conversion.build_model(source, str(args.source)),
-                                                   conversion.build_model(converted, str(args.destination)))
+                report = conversion.compare_models(checkpoints.build_model(source, args.source)[0],
+                                                   checkpoints.build_model(converted, args.destination)[0])
             for key, (diff, relative) in report.items():
                 print(f"{key:>14}: max |diff| {diff:.3e}  relative {relative:.3e}")
-    except (conversion.CheckpointConversionError, checkpoints.UntrustedCheckpointError, checkpoints.CheckpointReadError,
-            FileNotFoundError) as err:
+    except checkpoints.CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -102,7 +102,7 @@ def test_decode_script_missing_dictionary_and_wrong_vocabulary(finetuned, tiny_c
     (data / "dict.ltr.txt").write_text("\n".join(letters[:-2]) + "\n")
     assert decode_main()(args) == 2
     err = capsys.readouterr().err
-    assert f"{data / 'dict.ltr.txt'}: {len(letters) + 2} units" in err and f"has {len(letters) + 4}" in err
+    assert f"{data / 'dict.ltr.txt'} has {len(letters) + 2}" in err and f"CTC head has {len(letters) + 4} units" in err
     assert not (tmp_path / "out" / "wer.json").exists()
 
 

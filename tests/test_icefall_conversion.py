@@ -12,8 +12,9 @@ import torch
 from fairseq import checkpoint_utils
 
 import k2ssl_fairseq  # noqa: F401
-from k2ssl_fairseq.conversion.icefall import (CheckpointMismatchError, import_icefall_checkpoint,
-                                              parse_conv_feature_layers)
+from k2ssl_fairseq.checkpoints import CheckpointMismatchError
+from k2ssl_fairseq.conversion.icefall import import_icefall_checkpoint
+from k2ssl_fairseq.data.frames import parse_conv_layers
 from k2ssl_fairseq.testing import golden_dir
 
 GOLDEN = golden_dir()
@@ -61,7 +62,7 @@ def test_round_trip_through_fairseq_loader(tmp_path, golden, icefall_checkpoint)
     for key in ("encoder_dim", "num_encoder_layers", "feedforward_dim", "downsampling_factor", "num_heads",
                 "encoder_unmasked_dim", "cnn_module_kernel", "query_head_dim", "pos_dim", "batch_idx_train"):
         assert str(back[key]) == str(icefall_checkpoint[key]), key
-    assert parse_conv_feature_layers(back["conv_feature_layers"]) == parse_conv_feature_layers(
+    assert parse_conv_layers(back["conv_feature_layers"]) == parse_conv_layers(
         icefall_checkpoint["conv_feature_layers"])
 
 
@@ -90,7 +91,12 @@ def test_mismatches_are_refused_with_the_offending_keys(icefall_checkpoint):
 
 
 def test_conv_feature_layers_parsed_without_eval():
-    assert parse_conv_feature_layers("[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2") == (
-        [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2)
-    with pytest.raises(CheckpointMismatchError, match="cannot parse"):
-        parse_conv_feature_layers("__import__('os')")
+    assert parse_conv_layers("[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2") == (
+        ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2)
+    with pytest.raises(ValueError, match="Call is not allowed"):
+        parse_conv_layers("__import__('os')")
+    with pytest.raises(ValueError, match="not a non-empty list of"):
+        parse_conv_layers("[(512, 10)]")
+    with pytest.raises(CheckpointMismatchError, match=r"^z\.pt: .*Call is not allowed"):
+        import_icefall_checkpoint({"model": {"final_proj.weight": torch.zeros(8, 4)}, "conv_feature_layers": "f()"},
+                                  source="z.pt")

@@ -10,11 +10,11 @@ from fairseq import tasks
 from fairseq.models.hubert.hubert import HubertConfig
 from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
 
-from k2ssl_fairseq.checkpoints import CheckpointReadError
+from k2ssl_fairseq.checkpoints import CheckpointMismatchError, CheckpointReadError
 from k2ssl_fairseq.data.audio import read_audio
 from k2ssl_fairseq.data.frames import conv_frames
 from k2ssl_fairseq.data.manifest import read_manifest
-from k2ssl_fairseq.labels import CheckpointLayerExtractor, CheckpointLoadError, FeatureSpec, make_labels
+from k2ssl_fairseq.labels import CheckpointLayerExtractor, FeatureSpec, make_labels
 from k2ssl_fairseq.testing import make_tiny_corpus
 
 EMBED_DIM = 32
@@ -87,9 +87,9 @@ def test_checkpoints_the_plugin_cannot_load_are_reported(corpus, checkpoint, tmp
     with pytest.raises(CheckpointReadError, match=r"garbage\.pt: not a readable torch checkpoint"):
         CheckpointLayerExtractor(garbage, layer=1)
     unknown = save_tiny_hubert(corpus, tmp_path / "unknown.pt", model_name="no_such_model")
-    with pytest.raises(CheckpointLoadError, match=r"unknown\.pt: the plugin cannot load .*no_such_model"):
+    with pytest.raises(CheckpointMismatchError, match=r"unknown\.pt: model type 'no_such_model' is registered neither"):
         CheckpointLayerExtractor(unknown, layer=1)
-    with pytest.raises(CheckpointLoadError, match=r"missing\.pt: checkpoint does not exist"):
+    with pytest.raises(CheckpointReadError, match=r"missing\.pt: file not found"):
         CheckpointLayerExtractor(tmp_path / "missing.pt", layer=1)
 
 
@@ -99,7 +99,7 @@ def test_checkpoint_with_stale_task_paths_loads_with_overrides(corpus, tmp_path)
     (moved / "dict.km.txt").write_text((corpus / "dict.km.txt").read_text())
     stale = save_tiny_hubert(moved, tmp_path / "stale.pt")
     (moved / "dict.km.txt").unlink()
-    with pytest.raises(CheckpointLoadError, match=r"stale\.pt: .*dict\.km\.txt.*overrides"):
+    with pytest.raises(CheckpointMismatchError, match=r"stale\.pt: .*dict\.km\.txt.*overrides"):
         CheckpointLayerExtractor(stale, layer=1)
     extractor = CheckpointLayerExtractor(stale, layer=1, arg_overrides={"data": str(corpus), "label_dir": str(corpus)})
     assert extractor(np.zeros(16000, dtype=np.float32)).shape == (49, EMBED_DIM)

@@ -19,6 +19,7 @@ from torchaudio.models.wav2vec2.utils import import_fairseq_model
 import k2ssl_fairseq  # noqa: F401  (compat layer + registrations)
 from k2ssl_fairseq import testing
 from k2ssl_fairseq.testing import assert_gradients_close
+from k2ssl_fairseq import checkpoints
 from k2ssl_fairseq.conversion import hubert as conversion
 from k2ssl_fairseq.data.masking import compute_span_mask
 from k2ssl_fairseq.models.k2ssl_hubert import K2sslHubertModel
@@ -47,12 +48,12 @@ def migrated(stock_run, tmp_path_factory):
 
 
 def load_model(path):
-    return conversion.build_model(conversion.read_checkpoint(path), str(path)).eval()
+    return checkpoints.build_model(checkpoints.read_fairseq_checkpoint(path), path)[0].eval()
 
 
 def test_round_trip_is_lossless(migrated):
     stock_path, k2ssl_path, back_path = migrated
-    stock, k2ssl, back = (conversion.read_checkpoint(p) for p in migrated)
+    stock, k2ssl, back = (checkpoints.read_fairseq_checkpoint(p) for p in migrated)
     for converted in (k2ssl, back):
         assert list(converted["model"]) == list(stock["model"])
         for key, tensor in stock["model"].items():
@@ -149,28 +150,28 @@ def corrupt(checkpoint, how):
 @pytest.mark.parametrize("how, message", [
     ("unknown_model", r"model._name is 'wav2vec2'"),
     ("ctc", r"a fine-tuned hubert_ctc checkpoint converts to k2ssl_ctc \(--to k2ssl_ctc\)"),
-    ("missing_tensor", r"weights do not match .*missing encoder.layers.1.fc1.weight"),
-    ("config_disagrees", r"weights do not match .*missing encoder.layers.2."),
-    ("wrong_shape", r"weights do not match .*label_embs_concat has shape \(10, 32\), config says \(24, 32\)"),
+    ("missing_tensor", r"weights do not fit .*1 missing keys \(first: \['encoder.layers.1.fc1.weight'\]\)"),
+    ("config_disagrees", r"weights do not fit .*missing keys \(first: \['encoder.layers.2."),
+    ("wrong_shape", r"weights do not fit .*label_embs_concat: \(10, 32\) in the checkpoint, \(24, 32\) expected"),
 ])
 def test_inconsistent_checkpoints_are_refused(stock_run, how, message):
     _, stock = stock_run
-    checkpoint = conversion.read_checkpoint(stock)
-    with pytest.raises(conversion.CheckpointConversionError, match=r"^/.*checkpoint_last\.pt: " + message):
+    checkpoint = checkpoints.read_fairseq_checkpoint(stock)
+    with pytest.raises(checkpoints.CheckpointMismatchError, match=r"^/.*checkpoint_last\.pt: " + message):
         conversion.convert_checkpoint(corrupt(checkpoint, how), "k2ssl_hubert", str(stock))
 
 
 def test_pointless_or_lossy_conversions_are_refused(migrated, tmp_path):
     stock_path, k2ssl_path, _ = migrated
-    with pytest.raises(conversion.CheckpointConversionError, match="already a 'hubert' checkpoint"):
+    with pytest.raises(checkpoints.CheckpointMismatchError, match="already a 'hubert' checkpoint"):
         conversion.migrate_checkpoint(stock_path, tmp_path / "x.pt", "hubert")
-    linear = conversion.read_checkpoint(k2ssl_path)
+    linear = checkpoints.read_fairseq_checkpoint(k2ssl_path)
     linear["cfg"]["model"]["logit_mode"] = "linear"
-    with pytest.raises(conversion.CheckpointConversionError, match="logit_mode='linear' has no stock equivalent"):
+    with pytest.raises(checkpoints.CheckpointMismatchError, match="logit_mode='linear' has no stock equivalent"):
         conversion.convert_checkpoint(linear, "hubert", "linear.pt")
     not_a_checkpoint = tmp_path / "notes.pt"
     torch.save({"weights": torch.zeros(2)}, not_a_checkpoint)
-    with pytest.raises(conversion.CheckpointConversionError, match=r"notes.pt: not a fairseq checkpoint"):
+    with pytest.raises(checkpoints.CheckpointMismatchError, match=r"notes.pt: not a fairseq checkpoint"):
         conversion.migrate_checkpoint(not_a_checkpoint, tmp_path / "y.pt", "k2ssl_hubert")
 
 
@@ -200,8 +201,8 @@ def test_continued_pretraining_of_the_migrated_checkpoint(stock_run, migrated, t
     log = (tmp_path / "run" / "train.log").read_text()
     assert f"Loaded checkpoint {k2ssl_path}" in log
     assert log.count("train_inner") >= 2
-    trained = conversion.read_checkpoint(tmp_path / "run" / "ckpt" / "checkpoint_last.pt")
+    trained = checkpoints.read_fairseq_checkpoint(tmp_path / "run" / "ckpt" / "checkpoint_last.pt")
     assert trained["cfg"]["model"]["_name"] == "k2ssl_hubert"
     assert trained["optimizer_history"][-1]["num_updates"] == 2
-    start = conversion.read_checkpoint(k2ssl_path)["model"]
+    start = checkpoints.read_fairseq_checkpoint(k2ssl_path)["model"]
     assert not torch.equal(trained["model"]["final_proj.weight"], start["final_proj.weight"])

@@ -17,7 +17,8 @@ from fairseq import checkpoint_utils
 import k2ssl_fairseq  # noqa: F401  (compat layer + registrations)
 from k2ssl_fairseq import testing
 from k2ssl_fairseq.conversion import hubert_ctc
-from k2ssl_fairseq.conversion.hubert import CheckpointConversionError, read_checkpoint
+from k2ssl_fairseq.checkpoints import CheckpointMismatchError
+from k2ssl_fairseq.checkpoints import read_fairseq_checkpoint as read_checkpoint
 from k2ssl_fairseq.models.k2ssl_ctc import K2sslCtcModel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,7 +76,7 @@ def test_missing_pretraining_checkpoint_is_a_clear_error_and_pretrained_fixes_it
     _, pretrained, fine_tuned = stock_ctc
     checkpoint = read_checkpoint(fine_tuned)
     checkpoint["cfg"]["model"]["w2v_path"] = "/elsewhere/hubert_base_ls960.pt"
-    with pytest.raises(CheckpointConversionError,
+    with pytest.raises(CheckpointMismatchError,
                        match=r"hubert_ctc.pt: .*w2v_path='/elsewhere/hubert_base_ls960.pt' is not a file here; "
                              r"pass the pre-training checkpoint"):
         hubert_ctc.convert_hubert_ctc(checkpoint, str(fine_tuned))
@@ -98,14 +99,14 @@ def test_foreign_tensors_and_models_are_refused(stock_ctc):
     _, _, fine_tuned = stock_ctc
     checkpoint = read_checkpoint(fine_tuned)
     checkpoint["model"]["decoder.embed_out"] = torch.zeros(3, 3)
-    with pytest.raises(CheckpointConversionError, match=r"unexpected tensor 'decoder.embed_out'"):
+    with pytest.raises(CheckpointMismatchError, match=r"unexpected tensor 'decoder.embed_out'"):
         hubert_ctc.convert_hubert_ctc(checkpoint, "ft.pt")
     checkpoint = read_checkpoint(fine_tuned)
     del checkpoint["model"]["w2v_encoder.w2v_model.encoder.layers.1.fc1.weight"]
-    with pytest.raises(CheckpointConversionError, match=r"missing \['encoder.encoder.layers.1.fc1.weight'\]"):
+    with pytest.raises(CheckpointMismatchError, match=r"missing keys \(first: \['encoder.encoder.layers.1.fc1.weight'\]\)"):
         hubert_ctc.convert_hubert_ctc(checkpoint, "ft.pt")
     checkpoint["cfg"]["model"]["_name"] = "wav2vec_ctc"
-    with pytest.raises(CheckpointConversionError, match=r"model._name is 'wav2vec_ctc', not 'hubert_ctc'"):
+    with pytest.raises(CheckpointMismatchError, match=r"model._name is 'wav2vec_ctc', not 'hubert_ctc'"):
         hubert_ctc.convert_hubert_ctc(checkpoint, "ft.pt")
 
 

@@ -1,7 +1,6 @@
 """``scaled_adam`` and ``eden`` built through fairseq's registries and driven like fairseq's trainer."""
 import json
 import logging
-from pathlib import Path
 
 import numpy as np
 import pytest

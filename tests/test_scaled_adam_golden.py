@@ -4,7 +4,6 @@ The replay follows the recorded call sequence: ``step_epoch(epoch - 1)`` at each
 step set the gradients, set the lr for batch ``k`` (icefall's ``step_batch(k)``), ``optimizer.step()``.
 """
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -6,7 +6,6 @@ Reference numbers come from the original icefall implementation (see /work/share
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

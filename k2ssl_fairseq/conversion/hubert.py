@@ -33,16 +33,15 @@ from unittest import mock
 import numpy as np
 import torch
 import torch.nn.functional as F
-from fairseq import tasks
 from fairseq.models.hubert import hubert as stock_hubert
-from omegaconf import DictConfig, OmegaConf
 
-from .. import checkpoints
+from ..checkpoints import (PLUGIN_HUBERT, STOCK_HUBERT, CheckpointMismatchError, as_plugin_hubert, as_stock_hubert,
+                           build_model, read_fairseq_checkpoint)
 from ..data.masking import compute_span_mask
 from ..models.k2ssl_hubert import K2sslHubertModel
 
-STOCK_MODEL = "hubert"
-PLUGIN_MODEL = "k2ssl_hubert"
+STOCK_MODEL = STOCK_HUBERT
+PLUGIN_MODEL = PLUGIN_HUBERT
 
 #: Config keys that hold machine paths, and the fairseq default each is reset to.
 PORTABLE_DEFAULTS: Mapping[Tuple[str, str], Any] = {
@@ -56,78 +55,25 @@ PORTABLE_DEFAULTS: Mapping[Tuple[str, str], Any] = {
 }
 
 
-class CheckpointConversionError(ValueError):
-    """A checkpoint that cannot be converted; the message names the file and the problem."""
-
-
-def read_checkpoint(path: Path, trusted: bool = False) -> Dict[str, Any]:
-    """Load a fairseq checkpoint on any torch (through ``k2ssl_fairseq.checkpoints``), cfg as a plain dict."""
-    try:
-        checkpoint = checkpoints.load_checkpoint(path, trusted=trusted)
-    except (KeyError, AttributeError, TypeError) as err:  # fairseq's upgrade step on a foreign dict
-        raise CheckpointConversionError(
-            f"{path}: not a fairseq checkpoint (fairseq's loader failed: {type(err).__name__}: {err})") from None
-    if not isinstance(checkpoint, dict) or "model" not in checkpoint or checkpoint.get("cfg") is None:
-        raise CheckpointConversionError(f"{path}: not a fairseq checkpoint (needs 'cfg' and 'model' entries)")
-    if isinstance(checkpoint["cfg"], DictConfig):
-        checkpoint["cfg"] = OmegaConf.to_container(checkpoint["cfg"], resolve=True, enum_to_str=True)
-    return checkpoint
-
-
 def model_name(checkpoint: Mapping[str, Any], name: str) -> str:
     """The checkpoint's ``model._name``, refusing anything this module cannot convert."""
     model_cfg = checkpoint["cfg"].get("model") or {}
     found = model_cfg.get("_name")
     if found == "hubert_ctc":
-        raise CheckpointConversionError(
-            f"{name}: a fine-tuned hubert_ctc checkpoint converts to k2ssl_ctc (--to k2ssl_ctc), "
+        raise CheckpointMismatchError(
+            name, f"a fine-tuned hubert_ctc checkpoint converts to k2ssl_ctc (--to k2ssl_ctc), "
             f"not to {PLUGIN_MODEL!r}/{STOCK_MODEL!r}")
     if found not in (STOCK_MODEL, PLUGIN_MODEL):
-        raise CheckpointConversionError(
-            f"{name}: model._name is {found!r}; only {STOCK_MODEL!r} and {PLUGIN_MODEL!r} "
+        raise CheckpointMismatchError(
+            name, f"model._name is {found!r}; only {STOCK_MODEL!r} and {PLUGIN_MODEL!r} "
             f"pre-training checkpoints can be converted")
     return found
-
-
-def build_model(checkpoint: Mapping[str, Any], name: str) -> torch.nn.Module:
-    """Rebuild a checkpoint's model from its own config and load its weights strictly.
-
-    Raises:
-        CheckpointConversionError: the weights are not what the config describes (missing,
-            unexpected or differently shaped tensors), or the task state has no dictionaries.
-    """
-    cfg = OmegaConf.create(checkpoint["cfg"])
-    task = tasks.setup_task(cfg.task, from_checkpoint=True)
-    if "task_state" not in checkpoint:
-        raise CheckpointConversionError(f"{name}: no task_state (label dictionaries) in the checkpoint")
-    task.load_state_dict(checkpoint["task_state"])
-    try:
-        model = task.build_model(cfg.model, from_checkpoint=True)
-    except (ValueError, FileNotFoundError) as err:
-        raise CheckpointConversionError(f"{name}: cannot build model {cfg.model._name!r} from its config: {err}")
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in checkpoint["model"].items()}
-    problems = [f"missing {k}" for k in expected if k not in found]
-    problems += [f"unexpected {k}" for k in found if k not in expected]
-    problems += [f"{k} has shape {found[k]}, config says {expected[k]}"
-                 for k in expected if k in found and found[k] != expected[k]]
-    if problems:
-        shown = "; ".join(problems[:8]) + (f"; ... {len(problems) - 8} more" if len(problems) > 8 else "")
-        raise CheckpointConversionError(
-            f"{name}: weights do not match the config's model ({cfg.model._name}): {shown}")
-    model.load_state_dict(checkpoint["model"], strict=True)
-    return model
 
 
 def rewrite_config(cfg: Mapping[str, Any], target: str) -> Tuple[Dict[str, Any], List[str]]:
     """The target's config and the dotted names of the machine paths that were reset."""
     cfg, dropped = reset_machine_paths(cfg)
-    model_cfg = cfg["model"]
-    model_cfg["_name"] = target
-    if target == STOCK_MODEL:
-        model_cfg.pop("logit_mode", None)
-    else:
-        model_cfg.setdefault("logit_mode", "cosine")
+    cfg["model"] = as_stock_hubert(cfg["model"]) if target == STOCK_MODEL else as_plugin_hubert(cfg["model"])
     return cfg, dropped
 
 
@@ -148,7 +94,7 @@ def convert_checkpoint(checkpoint: Mapping[str, Any], target: str, name: str
     """Convert a loaded pre-training checkpoint to ``target`` (``hubert`` or ``k2ssl_hubert``).
 
     Args:
-        checkpoint: as returned by :func:`read_checkpoint`.
+        checkpoint: as returned by ``checkpoints.read_fairseq_checkpoint``.
         target: model name to convert to.
         name: how to refer to the checkpoint in errors (its file name).
 
@@ -156,19 +102,19 @@ def convert_checkpoint(checkpoint: Mapping[str, Any], target: str, name: str
         (the converted checkpoint sharing the source's tensors, the config keys that were reset).
 
     Raises:
-        CheckpointConversionError: unknown or inconsistent source, or nothing to convert.
+        CheckpointMismatchError: unknown or inconsistent source, or nothing to convert.
     """
     if target not in (STOCK_MODEL, PLUGIN_MODEL):
-        raise CheckpointConversionError(f"{name}: unknown target {target!r}; use {STOCK_MODEL!r} or {PLUGIN_MODEL!r}")
+        raise CheckpointMismatchError(name, f"unknown target {target!r}; use {STOCK_MODEL!r} or {PLUGIN_MODEL!r}")
     source = model_name(checkpoint, name)
     if source == target:
-        raise CheckpointConversionError(f"{name}: already a {target!r} checkpoint")
+        raise CheckpointMismatchError(name, f"already a {target!r} checkpoint")
     logit_mode = checkpoint["cfg"]["model"].get("logit_mode", "cosine")
     if target == STOCK_MODEL and logit_mode != "cosine":
-        raise CheckpointConversionError(
-            f"{name}: k2ssl_hubert with logit_mode={logit_mode!r} has no stock equivalent "
+        raise CheckpointMismatchError(
+            name, f"k2ssl_hubert with logit_mode={logit_mode!r} has no stock equivalent "
             f"(stock HuBERT only has the cosine head)")
-    build_model(checkpoint, name)
+    build_model(checkpoint, name)  # the source must be what its config says
     cfg, dropped = rewrite_config(checkpoint["cfg"], target)
     converted = dict(checkpoint)
     converted["cfg"] = cfg
@@ -184,8 +130,8 @@ def migrate_checkpoint(source: Path, destination: Path, target: str, trusted: bo
                        ) -> Tuple[Dict[str, Any], List[str]]:
     """Read, convert and write a checkpoint; returns what :func:`convert_checkpoint` returns."""
     if Path(source).resolve() == Path(destination).resolve():
-        raise CheckpointConversionError(f"{source}: refusing to overwrite the source checkpoint")
-    converted, dropped = convert_checkpoint(read_checkpoint(source, trusted), target, str(source))
+        raise CheckpointMismatchError(source, "refusing to overwrite the source checkpoint")
+    converted, dropped = convert_checkpoint(read_fairseq_checkpoint(source, trusted), target, str(source))
     Path(destination).parent.mkdir(parents=True, exist_ok=True)
     torch.save(converted, destination)
     return converted, dropped

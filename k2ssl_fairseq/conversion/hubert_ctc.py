@@ -29,9 +29,10 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import torch
 from omegaconf import OmegaConf
 
+from ..checkpoints import (CheckpointMismatchError, EncoderRecord, as_plugin_hubert, check_state_dict,
+                           read_fairseq_checkpoint)
 from ..models.k2ssl_ctc import K2sslCtcConfig, K2sslCtcModel, build_encoder
-from .hubert import (PLUGIN_MODEL, STOCK_MODEL, CheckpointConversionError, read_checkpoint, reset_machine_paths,
-                     rewrite_config)
+from .hubert import PLUGIN_MODEL, STOCK_MODEL, reset_machine_paths
 
 STOCK_CTC_MODEL = "hubert_ctc"
 PLUGIN_CTC_MODEL = "k2ssl_ctc"
@@ -73,29 +74,27 @@ def pretraining_config(checkpoint: Mapping[str, Any], name: str, pretrained: Opt
     if pretrained is None and model_cfg.get("w2v_args"):
         w2v_args = model_cfg["w2v_args"]
         if not isinstance(w2v_args, Mapping):
-            raise CheckpointConversionError(f"{name}: model.w2v_args is a {type(w2v_args).__name__}, not a config")
+            raise CheckpointMismatchError(name, f"model.w2v_args is a {type(w2v_args).__name__}, not a config")
         return copy.deepcopy(dict(w2v_args)), None, f"{name} (model.w2v_args)"
     path = pretrained if pretrained is not None else model_cfg.get("w2v_path")
     if not path or not Path(path).is_file():
-        raise CheckpointConversionError(
-            f"{name}: the checkpoint does not contain its pre-training config (model.w2v_args is empty, as "
+        raise CheckpointMismatchError(
+            name, f"the checkpoint does not contain its pre-training config (model.w2v_args is empty, as "
             f"fairseq saves it) and model.w2v_path={model_cfg.get('w2v_path')!r} is not a file here; pass the "
             f"pre-training checkpoint it was fine-tuned from (--pretrained PATH)")
-    source = read_checkpoint(Path(path))
+    source = read_fairseq_checkpoint(Path(path))
     dictionaries = (source.get("task_state") or {}).get("dictionaries")
     sizes = [len(d) for d in dictionaries] if dictionaries else None
     return source["cfg"], sizes, str(path)
 
 
-def encoder_record(checkpoint: Mapping[str, Any], name: str, pretrained: Optional[Path] = None) -> Dict[str, Any]:
+def encoder_record(checkpoint: Mapping[str, Any], name: str, pretrained: Optional[Path] = None) -> EncoderRecord:
     """The ``k2ssl_ctc`` ``model.encoder`` record of a ``hubert_ctc`` checkpoint."""
     pre_cfg, sizes, origin = pretraining_config(checkpoint, name, pretrained)
     pre_name = (pre_cfg.get("model") or {}).get("_name")
     if pre_name not in (STOCK_MODEL, PLUGIN_MODEL):
-        raise CheckpointConversionError(f"{name}: its pre-training model ({origin}) is {pre_name!r}, not hubert")
-    if pre_name == STOCK_MODEL:
-        pre_cfg, _ = rewrite_config(pre_cfg, PLUGIN_MODEL)
-    model_cfg = dict(pre_cfg["model"])
+        raise CheckpointMismatchError(name, f"its pre-training model ({origin}) is {pre_name!r}, not hubert")
+    model_cfg = as_plugin_hubert(pre_cfg["model"])
     ctc_cfg = stock_settings(checkpoint)
     for key in ENCODER_SETTINGS:
         model_cfg[key] = ctc_cfg[key]
@@ -103,29 +102,29 @@ def encoder_record(checkpoint: Mapping[str, Any], name: str, pretrained: Optiona
         label_embs = checkpoint["model"].get(STOCK_PREFIX + "label_embs_concat")
         labels = (pre_cfg.get("task") or {}).get("labels") or []
         if label_embs is None or len(labels) != 1:
-            raise CheckpointConversionError(
-                f"{name}: cannot tell the pre-training label-set sizes from {origin}; pass the pre-training "
+            raise CheckpointMismatchError(
+                name, f"cannot tell the pre-training label-set sizes from {origin}; pass the pre-training "
                 f"checkpoint (--pretrained PATH)")
         sizes = [int(label_embs.shape[0])]
     task_cfg = pre_cfg.get("task") or {}
-    return {"model": model_cfg, "num_classes": sizes, "sample_rate": int(task_cfg.get("sample_rate", 16000)),
-            "normalize": bool(task_cfg.get("normalize", False)), "source": origin}
+    return EncoderRecord(model=model_cfg, num_classes=sizes, sample_rate=int(task_cfg.get("sample_rate", 16000)),
+                         normalize=bool(task_cfg.get("normalize", False)), source=origin)
 
 
 def convert_hubert_ctc(checkpoint: Mapping[str, Any], name: str, pretrained: Optional[Path] = None
                        ) -> Tuple[Dict[str, Any], List[str]]:
-    """Convert a loaded ``hubert_ctc`` checkpoint (see :func:`~.hubert.read_checkpoint`) to ``k2ssl_ctc``.
+    """Convert a loaded ``hubert_ctc`` checkpoint (``checkpoints.read_fairseq_checkpoint``) to ``k2ssl_ctc``.
 
     Returns:
         (the converted checkpoint sharing the source's tensors, the config keys that were reset).
 
     Raises:
-        CheckpointConversionError: not a hubert_ctc checkpoint, pre-training config not found,
+        CheckpointMismatchError: not a hubert_ctc checkpoint, pre-training config not found,
             weights that do not fit the model the configs describe.
     """
     ctc_cfg = checkpoint["cfg"].get("model") or {}
     if ctc_cfg.get("_name") != STOCK_CTC_MODEL:
-        raise CheckpointConversionError(f"{name}: model._name is {ctc_cfg.get('_name')!r}, not {STOCK_CTC_MODEL!r}")
+        raise CheckpointMismatchError(name, f"model._name is {ctc_cfg.get('_name')!r}, not {STOCK_CTC_MODEL!r}")
     record = encoder_record(checkpoint, name, pretrained)
     weights = {}
     for key, tensor in checkpoint["model"].items():
@@ -134,21 +133,17 @@ def convert_hubert_ctc(checkpoint: Mapping[str, Any], name: str, pretrained: Opt
         elif key.startswith(STOCK_HEAD):
             weights["proj." + key[len(STOCK_HEAD):]] = tensor
         else:
-            raise CheckpointConversionError(f"{name}: unexpected tensor {key!r} in a hubert_ctc checkpoint")
+            raise CheckpointMismatchError(name, f"unexpected tensor {key!r} in a hubert_ctc checkpoint")
     if "proj.weight" not in weights:
-        raise CheckpointConversionError(f"{name}: no CTC head (w2v_encoder.proj.weight) in the checkpoint")
+        raise CheckpointMismatchError(name, "no CTC head (w2v_encoder.proj.weight) in the checkpoint")
 
     settings = stock_settings(checkpoint)
-    model_cfg = {"_name": PLUGIN_CTC_MODEL, "pretrained_path": None, "pretrained_weights": True, "encoder": record,
+    model_cfg = {"_name": PLUGIN_CTC_MODEL, "pretrained_path": None, "pretrained_weights": True,
+                 "encoder": record.to_dict(),
                  **{plugin_key: settings[stock_key] for stock_key, plugin_key in CTC_SETTINGS.items()}}
     converted_model = build_ctc_model(model_cfg, record, int(weights["proj.weight"].shape[0]), name)
+    check_state_dict(weights, converted_model.state_dict(), name, "the k2ssl_ctc model the configs describe")
     expected = list(converted_model.state_dict())
-    if sorted(expected) != sorted(weights):
-        missing = sorted(set(expected) - set(weights))[:5]
-        unexpected = sorted(set(weights) - set(expected))[:5]
-        raise CheckpointConversionError(f"{name}: weights do not fit the configured model: missing {missing}, "
-                                        f"unexpected {unexpected}")
-    converted_model.load_state_dict(weights, strict=True)  # shapes
 
     cfg, dropped = reset_machine_paths({**checkpoint["cfg"], "model": model_cfg})
     converted = dict(checkpoint)
@@ -159,19 +154,19 @@ def convert_hubert_ctc(checkpoint: Mapping[str, Any], name: str, pretrained: Opt
     converted["extra_state"] = {
         **(checkpoint.get("extra_state") or {}),
         "k2ssl_migration": {"source": Path(name).name, "from": STOCK_CTC_MODEL, "to": PLUGIN_CTC_MODEL,
-                            "reset": dropped, "pretraining_config": record["source"]},
+                            "reset": dropped, "pretraining_config": record.source},
     }
     return converted, dropped
 
 
-def build_ctc_model(model_cfg: Mapping[str, Any], record: Mapping[str, Any], vocabulary_size: int,
+def build_ctc_model(model_cfg: Mapping[str, Any], record: EncoderRecord, vocabulary_size: int,
                     name: str) -> K2sslCtcModel:
     """A ``k2ssl_ctc`` model (random weights) for a converted config."""
     cfg = OmegaConf.merge(OmegaConf.structured(K2sslCtcConfig), {k: v for k, v in model_cfg.items() if k != "_name"})
     try:
-        encoder = build_encoder(dict(record), cfg)
+        encoder = build_encoder(record, cfg)
     except (ValueError, KeyError) as err:
-        raise CheckpointConversionError(f"{name}: cannot build the k2ssl_hubert encoder: {err}") from None
+        raise CheckpointMismatchError(name, f"cannot build the k2ssl_hubert encoder: {err}") from None
     dim = encoder.final_proj.in_features
     encoder.remove_pretraining_modules()
     return K2sslCtcModel(cfg, encoder, dim, vocabulary_size)
@@ -193,7 +188,7 @@ def build_stock_model(checkpoint: Mapping[str, Any], name: str, pretrained: Opti
     ctc_cfg = checkpoint["cfg"]["model"]
     path = pretrained if pretrained is not None else ctc_cfg.get("w2v_path")
     if not path or not Path(path).is_file():
-        raise CheckpointConversionError(f"{name}: the stock model needs its pre-training checkpoint; "
+        raise CheckpointMismatchError(name, f"the stock model needs its pre-training checkpoint; "
                                         f"model.w2v_path={ctc_cfg.get('w2v_path')!r} is not a file here (--pretrained)")
     task = tasks.setup_task(OmegaConf.create(checkpoint["cfg"]["task"]))
     task.load_state_dict(checkpoint["task_state"])
@@ -233,8 +228,8 @@ def migrate_hubert_ctc(source: Path, destination: Path, pretrained: Optional[Pat
                        trusted: bool = False) -> Tuple[Dict[str, Any], List[str]]:
     """Read, convert and write a fine-tuned checkpoint; returns what :func:`convert_hubert_ctc` returns."""
     if Path(source).resolve() == Path(destination).resolve():
-        raise CheckpointConversionError(f"{source}: refusing to overwrite the source checkpoint")
-    converted, dropped = convert_hubert_ctc(read_checkpoint(source, trusted), str(source), pretrained)
+        raise CheckpointMismatchError(source, "refusing to overwrite the source checkpoint")
+    converted, dropped = convert_hubert_ctc(read_fairseq_checkpoint(source, trusted), str(source), pretrained)
     Path(destination).parent.mkdir(parents=True, exist_ok=True)
     torch.save(converted, destination)
     return converted, dropped

@@ -21,15 +21,16 @@ Two mappings besides the identical parameter names:
 """
 from __future__ import annotations
 
-import ast
-import re
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+import contextlib
+from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 import torch
 from fairseq.data import Dictionary
 from fairseq.dataclass.configs import FairseqConfig
 from omegaconf import OmegaConf
 
+from ..checkpoints import CheckpointMismatchError, check_state_dict
+from ..data.frames import format_conv_layers, parse_conv_layers
 from ..models.zipformer_ssl import ZipformerSslConfig, ZipformerSslModel
 
 NUM_SPECIAL_SYMBOLS = 4
@@ -43,10 +44,6 @@ _SCALAR_KEYS = {"pos_dim": int, "extractor_mode": str, "conv_bias": bool, "featu
                 "label_rate": float, "sample_rate": int}
 
 
-class CheckpointMismatchError(ValueError):
-    """The checkpoint's keys or shapes do not fit the architecture it describes."""
-
-
 def parse_int_list(value: Any, key: str) -> List[int]:
     """icefall's ``"192,256,448"`` strings (or already-parsed ints/lists) → ``[192, 256, 448]``."""
     if isinstance(value, int):
@@ -56,32 +53,7 @@ def parse_int_list(value: Any, key: str) -> List[int]:
     try:
         return [int(v) for v in str(value).split(",")]
     except ValueError:
-        raise CheckpointMismatchError(f"hyper-parameter {key}={value!r} is not a comma-separated list of ints") from None
-
-
-def parse_conv_feature_layers(spec: str) -> List[Tuple[int, int, int]]:
-    """``"[(512,10,5)] + [(512,3,2)] * 4"`` → list of (channels, kernel, stride), without ``eval``.
-
-    The string is a sum of list literals, each optionally repeated with ``* n``.
-    """
-    layers: List[Tuple[int, int, int]] = []
-    for term in spec.split("+"):
-        match = re.fullmatch(r"\s*(\[.*\])\s*(?:\*\s*(\d+))?\s*", term)
-        if match is None:
-            raise CheckpointMismatchError(f"conv_feature_layers: cannot parse {term.strip()!r} in {spec!r}")
-        try:
-            items = ast.literal_eval(match.group(1))
-        except (ValueError, SyntaxError):
-            raise CheckpointMismatchError(f"conv_feature_layers: {match.group(1)!r} is not a list literal") from None
-        if not all(isinstance(t, tuple) and len(t) == 3 for t in items):
-            raise CheckpointMismatchError(f"conv_feature_layers: {match.group(1)!r} is not a list of (dim, kernel, stride)")
-        layers.extend([tuple(int(v) for v in t) for t in items] * int(match.group(2) or 1))
-    return layers
-
-
-def format_conv_feature_layers(channels: Sequence[int], kernels: Sequence[int], strides: Sequence[int]) -> str:
-    """The inverse of :func:`parse_conv_feature_layers`, one list literal."""
-    return "[" + ", ".join(f"({c}, {k}, {s})" for c, k, s in zip(channels, kernels, strides)) + "]"
+        raise ValueError(f"hyper-parameter {key}={value!r} is not a comma-separated list of ints") from None
 
 
 def model_config_from_hparams(hparams: Mapping[str, Any], preset: Optional[Mapping[str, Any]] = None
@@ -105,22 +77,22 @@ def model_config_from_hparams(hparams: Mapping[str, Any], preset: Optional[Mappi
         if key in hparams:
             dims = set(parse_int_list(hparams[key], key))
             if len(dims) != 1:
-                raise CheckpointMismatchError(f"{key}={hparams[key]!r}: per-stack head dims are not supported, "
-                                              "zipformer_ssl takes one value")
+                raise ValueError(f"{key}={hparams[key]!r}: per-stack head dims are not supported, "
+                                 "zipformer_ssl takes one value")
             values[key] = dims.pop()
     for key, kind in _SCALAR_KEYS.items():
         if key in hparams:
             values[key] = kind(hparams[key])
     if "conv_feature_layers" in hparams:
-        layers = parse_conv_feature_layers(str(hparams["conv_feature_layers"]))
+        layers = parse_conv_layers(str(hparams["conv_feature_layers"]))
         values["conv_channels"], values["conv_kernels"], values["conv_strides"] = (list(v) for v in zip(*layers))
     missing = [k for k in _PER_STACK_KEYS if k not in values]
     if missing:
-        raise CheckpointMismatchError(f"the checkpoint has no {', '.join(missing)} and no preset was given "
-                                      "(use --preset base|large)")
+        raise ValueError(f"the checkpoint has no {', '.join(missing)} and no preset was given "
+                         "(use --preset base|large)")
     lengths = {k: len(values[k]) for k in _PER_STACK_KEYS}
     if len(set(lengths.values())) != 1:
-        raise CheckpointMismatchError(f"per-stack hyper-parameters disagree on the number of stacks: {lengths}")
+        raise ValueError(f"per-stack hyper-parameters disagree on the number of stacks: {lengths}")
     return OmegaConf.structured(ZipformerSslConfig(**values))
 
 
@@ -139,23 +111,6 @@ def icefall_only_parameters(state_dict: Mapping[str, torch.Tensor]) -> Dict[str,
     return extra
 
 
-def _check_against_model(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], source: str) -> None:
-    missing = sorted(set(expected) - set(state))
-    extra = sorted(set(state) - set(expected))
-    wrong = [f"{k}: {tuple(state[k].shape)} in the checkpoint, {tuple(expected[k].shape)} expected"
-             for k in expected if k in state and state[k].shape != expected[k].shape]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing keys (first: {missing[:5]})")
-    if extra:
-        problems.append(f"{len(extra)} unexpected keys (first: {extra[:5]})")
-    if wrong:
-        problems.append(f"{len(wrong)} shape mismatches (first: {wrong[:5]})")
-    if problems:
-        raise CheckpointMismatchError(f"{source} does not match the zipformer_ssl architecture it describes: "
-                                      + "; ".join(problems))
-
-
 def _primitive(value: Any) -> Any:
     """Hyper-parameter values as plain Python data (paths and other objects as strings)."""
     if value is None or isinstance(value, (bool, int, float, str)):
@@ -165,10 +120,19 @@ def _primitive(value: Any) -> Any:
     return str(value)
 
 
+@contextlib.contextmanager
+def _named(source: str) -> Iterator[None]:
+    """Hyper-parameters that do not describe a model become a mismatch error naming the file."""
+    try:
+        yield
+    except ValueError as err:
+        raise CheckpointMismatchError(source, str(err)) from None
+
+
 def label_dictionary(num_classes: int) -> Dictionary:
     """A fairseq Dictionary whose k-means id ``k`` (symbol ``str(k)``) has index ``k + 4``."""
     if num_classes <= NUM_SPECIAL_SYMBOLS:
-        raise CheckpointMismatchError(f"the head has {num_classes} classes; at least {NUM_SPECIAL_SYMBOLS + 1} needed")
+        raise ValueError(f"the head has {num_classes} classes; at least {NUM_SPECIAL_SYMBOLS + 1} needed")
     dictionary = Dictionary()
     for cluster in range(num_classes - NUM_SPECIAL_SYMBOLS):
         dictionary.add_symbol(str(cluster))
@@ -208,17 +172,19 @@ def import_icefall_checkpoint(checkpoint: Mapping[str, Any], use_averaged_model:
     """
     state_key = "model_avg" if use_averaged_model else "model"
     if state_key not in checkpoint:
-        raise CheckpointMismatchError(f"{source} has no '{state_key}' entry (top-level keys: {sorted(checkpoint)[:20]})")
+        raise CheckpointMismatchError(source, f"no '{state_key}' entry (top-level keys: {sorted(checkpoint)[:20]})")
     state = {k: v.detach().float() for k, v in checkpoint[state_key].items()}
     if "final_proj.weight" not in state:
-        raise CheckpointMismatchError(f"{source}: '{state_key}' has no final_proj.weight, so it is not a k2SSL model")
-    model_cfg = model_config_from_hparams(checkpoint, preset)
+        raise CheckpointMismatchError(source, f"'{state_key}' has no final_proj.weight, so it is not a k2SSL model")
     num_classes = state["final_proj.weight"].shape[0]
-    expected = ZipformerSslModel(model_cfg, [num_classes]).state_dict()
+    with _named(source):
+        model_cfg = model_config_from_hparams(checkpoint, preset)
+        expected = ZipformerSslModel(model_cfg, [num_classes]).state_dict()
+        dictionary = label_dictionary(num_classes)
 
     stray = icefall_only_parameters(expected)
     unused = {k: state.pop(k) for k in list(state) if k in stray}
-    _check_against_model(state, expected, f"{source} ['{state_key}']")
+    check_state_dict(state, expected, f"{source} ['{state_key}']", "the zipformer_ssl architecture it describes")
     for key in ("final_proj.weight", "final_proj.bias"):
         state[key] = torch.roll(state[key], NUM_SPECIAL_SYMBOLS, dims=0)
 
@@ -231,7 +197,7 @@ def import_icefall_checkpoint(checkpoint: Mapping[str, Any], use_averaged_model:
         "criterion": None,
         "optimizer_history": [{"criterion_name": "MaskedPredictionCriterion", "optimizer_name": "icefall",
                                "lr_scheduler_state": {"best": None}, "num_updates": num_updates}],
-        "task_state": {"dictionaries": [label_dictionary(num_classes)]},
+        "task_state": {"dictionaries": [dictionary]},
         "extra_state": {"icefall_unused": unused, "icefall_hparams": hparams, "icefall_state": state_key},
         "last_optimizer_state": None,
     }
@@ -250,17 +216,19 @@ def export_icefall_checkpoint(checkpoint: Mapping[str, Any], source: str = "chec
     cfg = checkpoint.get("cfg") or {}
     model_section = dict(cfg.get("model") or {})
     if model_section.get("_name") != "zipformer_ssl":
-        raise CheckpointMismatchError(f"{source} is not a zipformer_ssl checkpoint (model._name="
-                                      f"{model_section.get('_name')!r})")
+        raise CheckpointMismatchError(source, f"not a zipformer_ssl checkpoint (model._name="
+                                              f"{model_section.get('_name')!r})")
     model_section.pop("_name")
     task = cfg.get("task") or {}
     for key, fallback in (("label_rate", 50.0), ("sample_rate", 16000)):
         if not isinstance(model_section.get(key), (int, float)):
             model_section[key] = task.get(key, fallback)
-    model_cfg = OmegaConf.structured(ZipformerSslConfig(**model_section))
     state = {k: v.detach().float() for k, v in checkpoint["model"].items()}
     num_classes = state["final_proj.weight"].shape[0]
-    _check_against_model(state, ZipformerSslModel(model_cfg, [num_classes]).state_dict(), source)
+    with _named(source):
+        model_cfg = OmegaConf.structured(ZipformerSslConfig(**model_section))
+        expected = ZipformerSslModel(model_cfg, [num_classes]).state_dict()
+    check_state_dict(state, expected, source, "the zipformer_ssl architecture its config describes")
     for key in ("final_proj.weight", "final_proj.bias"):
         state[key] = torch.roll(state[key], -NUM_SPECIAL_SYMBOLS, dims=0)
 
@@ -273,8 +241,8 @@ def export_icefall_checkpoint(checkpoint: Mapping[str, Any], source: str = "chec
     out.update({key: ",".join(str(v) for v in model_cfg[key]) for key in _PER_STACK_KEYS})
     out.update({key: str(model_cfg[key]) for key in _HEAD_DIM_KEYS})
     out.update({key: kind(model_cfg[key]) for key, kind in _SCALAR_KEYS.items()})
-    out["conv_feature_layers"] = format_conv_feature_layers(model_cfg.conv_channels, model_cfg.conv_kernels,
-                                                            model_cfg.conv_strides)
+    out["conv_feature_layers"] = format_conv_layers(zip(model_cfg.conv_channels, model_cfg.conv_kernels,
+                                                        model_cfg.conv_strides))
     out["num_classes"] = [num_classes]
     out["model"] = state
     state_key = extra_state.get("icefall_state", "model")

@@ -96,3 +96,26 @@ def frame_padding_mask(sample_lengths: torch.Tensor, num_frames: int,
     """
     valid_frames = conv_frames(sample_lengths, conv_layers)
     return torch.arange(num_frames, device=sample_lengths.device)[None, :] >= valid_frames[:, None]
+
+
+def parse_conv_layers(spec: str) -> Tuple[Tuple[int, int, int], ...]:
+    """A fairseq ``conv_feature_layers`` string (``"[(512,10,5)] + [(512,3,2)] * 4 + ..."``) as
+    ``(channels, kernel, stride)`` tuples, read as data (``safe_literals.parse_literal``), never ``eval``.
+
+    Raises:
+        ValueError: not a plain literal, or not a non-empty list of three positive integers each.
+    """
+    from ..safe_literals import parse_literal
+
+    layers = parse_literal(spec)
+    if not isinstance(layers, (list, tuple)) or not layers or not all(
+            isinstance(layer, tuple) and len(layer) == 3 and all(isinstance(v, int) and v > 0 for v in layer)
+            for layer in layers):
+        raise ValueError(f"conv_feature_layers {spec!r} is not a non-empty list of (channels, kernel, stride) "
+                         f"tuples of positive integers")
+    return tuple(tuple(layer) for layer in layers)
+
+
+def format_conv_layers(layers: Sequence[Sequence[int]]) -> str:
+    """The inverse of :func:`parse_conv_layers`: one list literal."""
+    return "[" + ", ".join(f"({c}, {k}, {s})" for c, k, s in layers) + "]"

@@ -14,19 +14,16 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import torch
-from fairseq import tasks
 from fairseq.data.dictionary import Dictionary
 from omegaconf import open_dict
 
 from .. import checkpoints
-from ..data.dictionary import DictionaryError, load_dictionary
+from ..checkpoints import CheckpointMismatchError
+from ..data.dictionary import load_dictionary
+from ..data.manifest import ManifestError
 from ..models import k2ssl_ctc  # noqa: F401  (registers k2ssl_ctc for task.build_model)
 from .greedy import greedy_ctc
 from .scoring import ErrorCounts, letters_to_words, score
-
-
-class DecodingError(RuntimeError):
-    """Bad decoding input (checkpoint, dictionary, subset); the message names the file and the problem."""
 
 
 @dataclass
@@ -42,31 +39,27 @@ def load_for_decoding(checkpoint: Path, data: Path, trusted: bool = False):
     """The fine-tuned model (eval mode, on CPU) and its task pointed at ``data``.
 
     Raises:
-        DecodingError: not a ``k2ssl_ctc`` checkpoint, missing dictionary, or a dictionary whose size
-            differs from the model's CTC head.
+        checkpoints.CheckpointError: unreadable, refused, not a ``k2ssl_ctc`` checkpoint, or a CTC head
+            whose size differs from the dictionary's.
+        DictionaryError: the transcripts' dictionary is missing or malformed.
     """
     state = checkpoints.load_checkpoint(checkpoint, trusted=trusted)
     cfg = state.get("cfg")
-    if cfg is None or cfg.model.get("_name") != "k2ssl_ctc":
-        found = None if cfg is None else cfg.model.get("_name")
-        raise DecodingError(f"{checkpoint}: model is {found!r}; decode_ctc decodes fine-tuned k2ssl_ctc checkpoints")
+    found = None if cfg is None else cfg.model.get("_name")
+    if found != "k2ssl_ctc":
+        raise CheckpointMismatchError(checkpoint, f"model is {found!r}; decode_ctc decodes fine-tuned k2ssl_ctc "
+                                                  f"checkpoints")
     with open_dict(cfg.task):
         cfg.task.data = str(data)
         cfg.task.label_dir = str(data)
     dictionary_path = Path(data) / f"dict.{cfg.task.labels[0]}.txt"
-    try:
-        load_dictionary(dictionary_path)  # the task reads it again; this names the file and line of a problem
-    except DictionaryError as err:
-        raise DecodingError(f"{err} (the fine-tuning task reads the units of label "
-                            f"'{cfg.task.labels[0]}' from it)") from None
-    task = tasks.setup_task(cfg.task, from_checkpoint=True)
+    dictionary = load_dictionary(dictionary_path)
     head_size = state["model"]["proj.weight"].shape[0]
-    if len(task.target_dictionary) != head_size:
-        raise DecodingError(
-            f"{dictionary_path}: {len(task.target_dictionary)} units (with fairseq's 4 specials) but the "
-            f"model's CTC head in {checkpoint} has {head_size}; use the dictionary the model was fine-tuned with")
-    model = task.build_model(cfg.model, from_checkpoint=True)
-    model.load_state_dict(state["model"], strict=True)
+    if len(dictionary) != head_size:
+        raise CheckpointMismatchError(
+            checkpoint, f"its CTC head has {head_size} units but {dictionary_path} has {len(dictionary)} (with "
+                        f"fairseq's 4 specials); use the dictionary the model was fine-tuned with")
+    model, task = checkpoints.build_model(state, checkpoint)
     return model.eval(), task
 
 
@@ -133,7 +126,7 @@ def decode_checkpoint(checkpoint: Path, data: Path, subset: str, results_dir: Pa
     checkpoint, data = Path(checkpoint).resolve(), Path(data).resolve()
     started = time.perf_counter()
     if not (data / f"{subset}.tsv").is_file():
-        raise DecodingError(f"{data / f'{subset}.tsv'}: missing manifest for subset '{subset}'")
+        raise ManifestError(f"{data / f'{subset}.tsv'}: missing manifest for subset '{subset}'")
     model, task = load_for_decoding(checkpoint, data, trusted)
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(target)

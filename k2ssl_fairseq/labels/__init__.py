@@ -9,7 +9,7 @@ wrappers around these.
 """
 from .assign import (NearestCentroid, check_lengths_match_manifest, km_line_lengths, label_shard_path,
                      merge_label_shards, write_km_dictionary, write_shard_labels)
-from .checkpoint_features import CheckpointLayerExtractor, CheckpointLoadError, load_feature_model
+from .checkpoint_features import CheckpointLayerExtractor, load_feature_model
 from .dump import dump_features
 from .kaldi_features import KaldiFeatureExtractor
 from .kmeans import (KmeansResult, export_sklearn_model, learn_kmeans, load_centroids, sample_frames,
@@ -19,7 +19,7 @@ from .shards import (FeatureShard, FeatureShardWriter, LabelPipelineError, open_
                      open_feature_shards, shard_range)
 
 __all__ = [
-    "CheckpointLayerExtractor", "CheckpointLoadError", "FeatureShard", "FeatureShardWriter", "FeatureSpec",
+    "CheckpointLayerExtractor", "FeatureShard", "FeatureShardWriter", "FeatureSpec",
     "KaldiFeatureExtractor", "KmeansResult", "LabelPipelineError", "NearestCentroid", "build_extractor",
     "check_lengths_match_manifest", "dump_features", "export_sklearn_model", "km_line_lengths",
     "label_shard_path", "learn_kmeans", "load_centroids", "load_feature_model", "make_labels",

@@ -22,16 +22,13 @@ import torch
 import torch.nn.functional as F
 
 from .. import checkpoints
+from ..checkpoints import CheckpointMismatchError
 from ..data.frames import WAV2VEC2_CONV_LAYERS, conv_frames, conv_stride
 from .shards import LabelPipelineError
 
 CNN_STRIDE = conv_stride(WAV2VEC2_CONV_LAYERS)
 #: Samples of the receptive field beyond the frame's own stride (400 - 320).
 RECEPTIVE_OVERHANG = 400 - CNN_STRIDE
-
-
-class CheckpointLoadError(LabelPipelineError):
-    """A checkpoint whose model cannot be rebuilt or has no usable ``extract_features``."""
 
 
 def load_feature_model(checkpoint: Union[str, Path], arg_overrides: Optional[Dict[str, Any]] = None,
@@ -49,35 +46,19 @@ def load_feature_model(checkpoint: Union[str, Path], arg_overrides: Optional[Dic
         ``(model, normalize)``: the model in eval mode and whether the task layer-normalises audio.
 
     Raises:
-        CheckpointLoadError: naming the file and the reason.
-        checkpoints.CheckpointError: the file is unreadable, or refused (unpickling or config checks).
+        checkpoints.CheckpointError: the file is unreadable or refused, its model type is registered
+            by neither fairseq nor the plugin, it cannot be rebuilt, or it has no ``extract_features``.
     """
-    from fairseq import checkpoint_utils  # the plugin is registered: this module is inside k2ssl_fairseq
-
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise CheckpointLoadError(f"{checkpoint}: checkpoint does not exist")
     state = checkpoints.load_checkpoint(checkpoint, trusted, arg_overrides)
     _check_model_registered(checkpoint, state)
-    try:
-        models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task(
-            [str(checkpoint)], arg_overrides=arg_overrides, state=state)
-    except FileNotFoundError as error:
-        raise CheckpointLoadError(
-            f"{checkpoint}: the model cannot be rebuilt because a file its task config names is missing "
-            f"({error}); pass overrides for the task's data/label_dir") from error
-    except Exception as error:  # fairseq raises many types: bad config, state-dict mismatch
-        raise CheckpointLoadError(
-            f"{checkpoint}: the plugin cannot load this checkpoint's model ({type(error).__name__}: {error})"
-        ) from error
-    model = models[0]
+    model, task = checkpoints.build_model(state, checkpoint)
     if not callable(getattr(model, "extract_features", None)):
-        raise CheckpointLoadError(
-            f"{checkpoint}: model {type(model).__name__} has no extract_features(); expected a HuBERT-style model")
+        raise CheckpointMismatchError(checkpoint, f"model {type(model).__name__} has no extract_features(); "
+                                                  f"expected a HuBERT-style model")
     return model.eval(), bool(getattr(task.cfg, "normalize", False))
 
 
-def _check_model_registered(checkpoint: Path, state: Dict[str, Any]) -> None:
+def _check_model_registered(checkpoint: Union[str, Path], state: Dict[str, Any]) -> None:
     """Name the model type when neither fairseq nor the plugin registers it."""
     from fairseq.models import ARCH_MODEL_REGISTRY, MODEL_REGISTRY
 
@@ -87,9 +68,8 @@ def _check_model_registered(checkpoint: Path, state: Dict[str, Any]) -> None:
         model_cfg = (state.get("cfg") or {}).get("model") or {}
         name = model_cfg.get("_name")
     if name not in MODEL_REGISTRY and name not in ARCH_MODEL_REGISTRY:
-        raise CheckpointLoadError(
-            f"{checkpoint}: the plugin cannot load this checkpoint's model: model type {name!r} is registered "
-            f"neither by fairseq nor by k2ssl_fairseq")
+        raise CheckpointMismatchError(checkpoint, f"model type {name!r} is registered neither by fairseq nor by "
+                                                  f"k2ssl_fairseq, so the plugin cannot load this checkpoint's model")
 
 
 class CheckpointLayerExtractor:

@@ -18,24 +18,18 @@ count 0 (they are driven by the fine-tuning update count). Each encoder override
 """
 
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any, Dict, Optional
 
 import torch
 import torch.nn.functional as F
-from fairseq import models as fairseq_models
-from fairseq.data.dictionary import Dictionary
 from fairseq.dataclass import FairseqDataclass
 from fairseq.models import BaseFairseqModel, register_model
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from .. import checkpoints
-from ..conversion.hubert import PLUGIN_MODEL, STOCK_MODEL, rewrite_config
+from ..checkpoints import EncoderRecord
 from . import k2ssl_hubert, zipformer_ssl  # noqa: F401  (registers the encoder models)
-
-#: Pre-training models whose checkpoints can be fine-tuned (stock ``hubert`` is migrated on load).
-ENCODER_MODELS = ("zipformer_ssl", PLUGIN_MODEL, STOCK_MODEL)
 
 #: ``K2sslCtcConfig`` fields that override the encoder config key of the same name when not None.
 ENCODER_OVERRIDES = (
@@ -43,10 +37,6 @@ ENCODER_OVERRIDES = (
     "dropout", "attention_dropout", "activation_dropout", "encoder_layerdrop", "dropout_input",
     "dropout_features", "seconds_per_update",
 )
-
-
-class PretrainedCheckpointError(ValueError):
-    """A pre-training checkpoint that cannot serve as an encoder; the message names the file."""
 
 
 def _override(default: Optional[float], help_text: str) -> Any:
@@ -85,74 +75,17 @@ class K2sslCtcConfig(FairseqDataclass):
         None, "audio seconds per update for the Zipformer schedules' batch count (zipformer_ssl only)")
 
 
-def _placeholder_dictionary(size: int) -> Dictionary:
-    """A dictionary of ``size`` entries (4 specials included): encoders only need label-set sizes."""
-    dictionary = Dictionary()
-    for index in range(size - len(dictionary)):
-        dictionary.add_symbol(f"class{index}")
-    return dictionary
+def encoder_overrides(cfg: K2sslCtcConfig) -> Dict[str, Any]:
+    """The fine-tuning overrides of the encoder config: every ``ENCODER_OVERRIDES`` field that is set."""
+    return {key: getattr(cfg, key) for key in ENCODER_OVERRIDES if getattr(cfg, key) is not None}
 
 
-def _encoder_record(path: str) -> Dict[str, Any]:
-    """Read a pre-training checkpoint (``checkpoints.load_checkpoint``); return its encoder record and weights.
-
-    Returns:
-        ``{"model", "num_classes", "sample_rate", "normalize", "source", "weights"}``: the model config
-        as a resolved plain dict (stock ``hubert`` rewritten to ``k2ssl_hubert``), the class count of
-        each label set, the task's sample rate and waveform normalisation, the source path, and the
-        state dict (stock ``hubert`` names are ``k2ssl_hubert`` names).
-    """
-    checkpoint = checkpoints.load_checkpoint(path)
-    cfg = checkpoint.get("cfg")
-    if cfg is None or "model" not in checkpoint:
-        raise PretrainedCheckpointError(f"{path}: not a fairseq checkpoint (needs 'cfg' and 'model' entries)")
-    cfg = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True) if OmegaConf.is_config(cfg) else dict(cfg)
-    name = (cfg.get("model") or {}).get("_name")
-    if name not in ENCODER_MODELS:
-        raise PretrainedCheckpointError(
-            f"{path}: model._name is {name!r}; k2ssl_ctc fine-tunes pre-training checkpoints of "
-            f"{', '.join(ENCODER_MODELS)}")
-    if name == STOCK_MODEL:
-        cfg, _ = rewrite_config(cfg, PLUGIN_MODEL)
-    dictionaries = (checkpoint.get("task_state") or {}).get("dictionaries")
-    if not dictionaries:
-        raise PretrainedCheckpointError(f"{path}: no task_state['dictionaries'] (label sets) in the checkpoint")
-    return {
-        "model": cfg["model"],
-        "num_classes": [len(d) for d in dictionaries],
-        "sample_rate": int(cfg["task"].get("sample_rate", 16000)),
-        "normalize": bool(cfg["task"].get("normalize", False)),
-        "source": str(path),
-        "weights": checkpoint["model"],
-    }
-
-
-def _apply_overrides(model_cfg: Dict[str, Any], cfg: K2sslCtcConfig) -> Dict[str, Any]:
-    """The encoder's model config with the fine-tuning overrides applied.
-
-    Raises:
-        ValueError: an override is set that the encoder's model does not have.
-    """
-    merged = dict(model_cfg)
-    for key in ENCODER_OVERRIDES:
-        value = getattr(cfg, key)
-        if value is None:
-            continue
-        if key not in merged:
-            raise ValueError(f"k2ssl_ctc: model.{key}={value} does not apply to a {merged['_name']} encoder "
-                             f"(it has no such setting); leave it null")
-        merged[key] = value
-    return merged
-
-
-def build_encoder(record: Dict[str, Any], cfg: K2sslCtcConfig) -> BaseFairseqModel:
-    """Build the pre-training model described by ``record`` with ``cfg``'s overrides (random weights)."""
-    model_cfg = OmegaConf.create(_apply_overrides(record["model"], cfg))
-    builder = SimpleNamespace(
-        cfg=SimpleNamespace(sample_rate=record["sample_rate"]),
-        dictionaries=[_placeholder_dictionary(n) for n in record["num_classes"]],
-    )
-    return fairseq_models.build_model(model_cfg, builder, from_checkpoint=True)
+def build_encoder(record: EncoderRecord, cfg: K2sslCtcConfig) -> BaseFairseqModel:
+    """The encoder a record describes with ``cfg``'s overrides (random weights)."""
+    try:
+        return checkpoints.build_encoder(record, encoder_overrides(cfg))
+    except ValueError as err:
+        raise ValueError(f"k2ssl_ctc: {err}") from None
 
 
 def _persist(cfg: DictConfig, key: str, value: Any) -> None:
@@ -196,18 +129,21 @@ class K2sslCtcModel(BaseFairseqModel):
     def build_model(cls, cfg: K2sslCtcConfig, task) -> "K2sslCtcModel":
         """Build from ``cfg.encoder`` if recorded, else from ``cfg.pretrained_path`` (and record it)."""
         weights = None
-        record = OmegaConf.to_container(cfg.encoder, resolve=True) if OmegaConf.is_config(cfg.encoder) else cfg.encoder
-        if record is None:
+        stored = OmegaConf.to_container(cfg.encoder, resolve=True) if OmegaConf.is_config(cfg.encoder) else cfg.encoder
+        if stored is None:
             if not cfg.pretrained_path:
                 raise ValueError("k2ssl_ctc: set model.pretrained_path to a pre-training checkpoint")
-            record = _encoder_record(cfg.pretrained_path)
-            weights = record.pop("weights")
+            record, weights = checkpoints.record_from_pretraining(cfg.pretrained_path)
             if not cfg.pretrained_weights:
                 weights = None
             _check_task(record, task)
-            _persist(cfg, "encoder", record)
+            _persist(cfg, "encoder", record.to_dict())
+        else:
+            record = EncoderRecord.from_mapping(stored, cfg.pretrained_path or "model.encoder")
         encoder = build_encoder(record, cfg)
         if weights is not None:
+            checkpoints.check_state_dict(weights, encoder.state_dict(), record.source,
+                                         f"the {record.model['_name']} encoder its config describes")
             encoder.load_state_dict(weights, strict=True)
         encoder_dim = encoder.final_proj.in_features
         encoder.remove_pretraining_modules()
@@ -270,13 +206,13 @@ class K2sslCtcModel(BaseFairseqModel):
         return self.proj.out_features
 
 
-def _check_task(record: Dict[str, Any], task: Any) -> None:
+def _check_task(record: EncoderRecord, task: Any) -> None:
     """Refuse a fine-tuning task whose audio settings differ from pre-training."""
     task_cfg = getattr(task, "cfg", None)
     if task_cfg is None:
         return
     for key in ("sample_rate", "normalize"):
         value = getattr(task_cfg, key, None)
-        if value is not None and value != record[key]:
-            raise ValueError(f"k2ssl_ctc: task.{key}={value} but {record['source']} was pre-trained "
-                             f"with {key}={record[key]}; fine-tune with the pre-training setting")
+        if value is not None and value != getattr(record, key):
+            raise ValueError(f"k2ssl_ctc: task.{key}={value} but {record.source} was pre-trained "
+                             f"with {key}={getattr(record, key)}; fine-tune with the pre-training setting")

@@ -26,7 +26,8 @@ from typing import IO, Any, Dict, FrozenSet, Iterator, List, Optional, Union
 import numpy as np
 import torch
 
-from .safe_literals import unsafe_values
+from ..safe_literals import unsafe_values
+from .errors import CheckpointError, CheckpointMismatchError, CheckpointReadError, UntrustedCheckpointError
 
 TRUSTED_ENV = "K2SSL_TRUSTED_CHECKPOINTS"
 
@@ -39,22 +40,6 @@ _trusted_in_call: contextvars.ContextVar[FrozenSet[str]] = contextvars.ContextVa
                                                                                    default=frozenset())
 
 PathOrFile = Union[str, os.PathLike, IO[bytes]]
-
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be used; ``path`` is the file, ``reason`` what is wrong with it."""
-
-    def __init__(self, path: Union[str, os.PathLike], reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path, self.reason = str(path), reason
-
-
-class UntrustedCheckpointError(CheckpointError, pickle.UnpicklingError):
-    """The file needs globals outside the allowlist, or its config holds code or interpolations."""
-
-
-class CheckpointReadError(CheckpointError):
-    """Not a readable torch checkpoint (missing, truncated, corrupt, or another format)."""
 
 
 def _fairseq_globals() -> List[Any]:
@@ -198,3 +183,24 @@ def load_torch_file(path: Union[str, os.PathLike], trusted: bool = False) -> Any
         raise CheckpointReadError(path, "file not found")
     with trusted_for_this_call(path, trusted):
         return torch_load(str(path))
+
+
+def read_fairseq_checkpoint(path: Union[str, os.PathLike], trusted: bool = False) -> Dict[str, Any]:
+    """A fairseq checkpoint (:func:`load_checkpoint`) with its config as a plain dict.
+
+    Raises:
+        CheckpointMismatchError: the file has no ``cfg`` and ``model`` entries (or fairseq's upgrade
+            step fails on it): it is not a fairseq checkpoint.
+    """
+    from omegaconf import OmegaConf
+
+    try:
+        checkpoint = load_checkpoint(path, trusted=trusted)
+    except (KeyError, AttributeError, TypeError) as err:  # fairseq's upgrade step on a foreign dict
+        raise CheckpointMismatchError(path, f"not a fairseq checkpoint (fairseq's loader failed: "
+                                            f"{type(err).__name__}: {err})") from None
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint or checkpoint.get("cfg") is None:
+        raise CheckpointMismatchError(path, "not a fairseq checkpoint (needs 'cfg' and 'model' entries)")
+    if OmegaConf.is_config(checkpoint["cfg"]):
+        checkpoint["cfg"] = OmegaConf.to_container(checkpoint["cfg"], resolve=True, enum_to_str=True)
+    return checkpoint
