@@ -47,7 +47,7 @@ def test_golden_outputs_match(tiny_model, golden):
     wav = torch.from_numpy(golden["input/wav"])
     no_padding = torch.zeros_like(wav, dtype=torch.bool)
     with torch.no_grad():
-        cnn, frame_padding = tiny_model._cnn(wav, no_padding)
+        cnn, frame_padding = tiny_model.cnn_features(wav, no_padding)
         encoder_input = tiny_model(wav, padding_mask=no_padding, mask=False, features_only=True)["features"]
         encoded, padding = tiny_model.extract_features(wav, no_padding)
         stacks = [tiny_model.extract_features(wav, no_padding, output_layer=i + 1)[0] for i in range(6)]
@@ -145,7 +145,7 @@ def test_cnn_values_and_gradients_equal_the_stock_extractor(tiny_model, golden):
     extractor = tiny_model.feature_extractor
     grads = []
     grad_mult, tiny_model.cfg.feature_grad_mult = tiny_model.cfg.feature_grad_mult, 1.0
-    for run in (lambda: tiny_model._cnn(wav, None)[0].transpose(1, 2), lambda: extractor(wav)):
+    for run in (lambda: tiny_model.cnn_features(wav, None)[0].transpose(1, 2), lambda: extractor(wav)):
         extractor.zero_grad()
         out = run()
         (out * torch.linspace(-1, 1, out.shape[-1])).sum().backward()

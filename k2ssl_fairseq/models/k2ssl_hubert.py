@@ -24,12 +24,15 @@ existing yamls switch by setting ``model._name: k2ssl_hubert``. What changes is 
   equal chunks and can be off by one frame for padded rows; on unpadded or equal-length batches the
   two agree;
 * **the CNN front-end** runs through ``models/conv_frontend.py`` (same parameters, stock statistics):
-  it keeps one tensor per layer for backward instead of two or three.
+  it keeps one tensor per layer for backward instead of two or three;
+* **the feature penalty** averages over valid frames (stock: over all frames, padding included; the
+  two agree on unpadded batches, which cropped pre-training batches are). The steps around encoder
+  and head are ``models/masked_prediction.py``'s, shared with ``zipformer_ssl``.
 """
 
 import copy
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -41,10 +44,8 @@ from fairseq.modules.multihead_attention import MultiheadAttention
 from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
 from torch import nn
 
-from ..data.frames import frame_padding_mask
-from ..data.masking import span_mask_tensor
 from ..safe_literals import UnsafeLiteralError, parse_literal
-from .conv_frontend import conv_features
+from .masked_prediction import MaskedPredictionModel, linear_class_logits
 
 LOGIT_MODE_CHOICES = ChoiceEnum(["cosine", "linear"])
 
@@ -60,6 +61,8 @@ class K2sslHubertConfig(HubertConfig):
                           "computed as a normalised matrix product); linear: k2SSL's "
                           "Linear(D, num_classes)/logit_temp head with cross-entropy on the classes"},
     )
+    mask_min_masks: int = field(default=2, metadata={"help": "minimum number of masked spans per utterance "
+                                                             "(stock HuBERT: 2, as the task's setting of that name)"})
 
 
 class SdpaSelfAttention(nn.Module):
@@ -154,8 +157,11 @@ def _check_supported(cfg: K2sslHubertConfig) -> None:
 
 
 @register_model("k2ssl_hubert", dataclass=K2sslHubertConfig)
-class K2sslHubertModel(HubertModel):
-    """Stock HuBERT with SDPA attention, cheap exact cosine logits or a linear head (module doc)."""
+class K2sslHubertModel(MaskedPredictionModel, HubertModel):
+    """Stock HuBERT with SDPA attention, cheap exact cosine logits or a linear head (module doc), on
+    the shared masked-prediction front half (stock CNN statistics)."""
+
+    model_name = "k2ssl_hubert"
 
     def __init__(self, cfg: K2sslHubertConfig, task_cfg: HubertPretrainingConfig,
                  dictionaries: List[Optional[Dictionary]]) -> None:
@@ -173,6 +179,8 @@ class K2sslHubertModel(HubertModel):
             super().__init__(cfg, task_cfg, dictionaries)
         self.conv_layers = tuple((block[0].out_channels, block[0].kernel_size[0], block[0].stride[0])
                                  for block in self.feature_extractor.conv_layers)
+        self.frames_per_label = self.feat2tar_ratio
+        self.mask_min_masks = cfg.mask_min_masks
         for layer in self.encoder.layers:
             layer.self_attn = SdpaSelfAttention.adopt(layer.self_attn)
 
@@ -181,143 +189,23 @@ class K2sslHubertModel(HubertModel):
         """Build from a HuBERT-style pre-training task (``cfg.sample_rate`` and ``dictionaries``)."""
         return cls(cfg, task.cfg, task.dictionaries)
 
-    def forward_features(self, source: torch.Tensor) -> torch.Tensor:
-        """Stock ``forward_features`` (``(batch, channel, frame)``, ``feature_grad_mult``) on the
-        memory-saving front-end."""
-        return conv_features(self.feature_extractor, source, grad_mult=self.feature_grad_mult).transpose(1, 2)
+    def encode(self, x: torch.Tensor, frame_padding: Optional[torch.Tensor],
+               output_layer: Optional[int]) -> torch.Tensor:
+        """The transformer; no padding mask at all for unpadded batches (SDPA's flash kernel then runs)."""
+        padding = frame_padding if frame_padding is not None and frame_padding.any() else None
+        encoded, _ = self.encoder(x, padding_mask=padding, layer=None if output_layer is None else output_layer - 1)
+        return encoded
 
-    def frame_padding_mask(self, padding_mask: Optional[torch.Tensor], num_frames: int
-                           ) -> Optional[torch.Tensor]:
-        """Frame-level padding from a sample-level one.
-
-        Args:
-            padding_mask: ``(batch, sample)`` bool, True = padding, or None (nothing padded).
-            num_frames: ``T``, frames the CNN produced (after any trimming to the labels).
-
-        Returns:
-            ``(batch, T)`` bool, True where ``t >= conv_frames(valid samples)``; None if given None.
-        """
-        if padding_mask is None:
-            return None
-        return frame_padding_mask((~padding_mask).sum(1), num_frames, self.conv_layers)
-
-    def time_mask(self, mask_indices: Optional[torch.Tensor], padding_mask: Optional[torch.Tensor],
-                  batch: int, num_frames: int, device: torch.device) -> Optional[torch.Tensor]:
-        """The ``(batch, T)`` bool mask to apply: the data path's, else a fresh span mask, else None."""
-        if mask_indices is not None:
-            if mask_indices.dim() != 2 or mask_indices.size(0) != batch or mask_indices.size(1) < num_frames:
-                raise ValueError(f"mask_indices has shape {tuple(mask_indices.shape)}; expected "
-                                 f"({batch}, >= {num_frames}) for this batch")
-            return mask_indices[:, :num_frames].to(device=device, dtype=torch.bool)
-        if self.mask_prob <= 0:
-            return None
-        return span_mask_tensor(padding_mask, batch, num_frames, self.mask_prob, self.mask_length,
-                                min_masks=2).to(device)
-
-    def apply_masks(self, x: torch.Tensor, time_mask: Optional[torch.Tensor]) -> torch.Tensor:
-        """Replace masked frames by ``mask_emb`` and zero masked channels (stock semantics).
-
-        Args:
-            x: ``(batch, frame, embed)`` encoder input.
-            time_mask: ``(batch, frame)`` bool or None.
-        """
-        if time_mask is not None:
-            x = torch.where(time_mask[..., None], self.mask_emb.to(x.dtype), x)
-        if self.mask_channel_prob > 0:
-            channel_mask = span_mask_tensor(None, x.size(0), x.size(2), self.mask_channel_prob,
-                                            self.mask_channel_length, min_masks=0).to(x.device)
-            x = x.masked_fill(channel_mask[:, None, :], 0.0)
-        return x
-
-    def forward(
-        self,
-        source: torch.Tensor,
-        target_list: Optional[List[torch.Tensor]] = None,
-        padding_mask: Optional[torch.Tensor] = None,
-        mask: bool = True,
-        features_only: bool = False,
-        output_layer: Optional[int] = None,
-        mask_indices: Optional[torch.Tensor] = None,
-    ) -> Dict[str, object]:
-        """Stock ``HubertModel.forward`` contract, plus the data path's ``mask_indices``.
-
-        Args:
-            source: ``(batch, sample)`` float audio.
-            target_list: per label set ``(batch, label_frame)`` int64 dictionary indices.
-            padding_mask: ``(batch, sample)`` bool, True = padding; None = nothing padded.
-            mask: apply masking (from ``mask_indices`` if given, else drawn here).
-            features_only: return ``{"x", "padding_mask", "features"}`` only (stock schema).
-            output_layer: 1-based layer to stop after; None = full encoder.
-            mask_indices: ``(batch, >= frame)`` bool masks from the data path.
-
-        Returns:
-            With ``features_only`` the stock feature dict; otherwise ``logit_m_list``/``logit_u_list``
-            (per label set ``(frames, classes)`` or None), ``target_m_list``/``target_u_list`` (what
-            ``get_targets`` returns), frame ``padding_mask`` and ``features_pen``.
-        """
-        features = self.forward_features(source)
-        if target_list is not None:
-            features, target_list = self.forward_targets(features, target_list)
-        features_pen = features.float().pow(2).mean()
-        features = self.layer_norm(features.transpose(1, 2))
-        batch, num_frames, _ = features.shape
-        frame_padding = self.frame_padding_mask(padding_mask, num_frames)
-        if self.post_extract_proj is not None:
-            features = self.post_extract_proj(features)
-        features = self.dropout_input(features)
-
-        masked = self.time_mask(mask_indices, frame_padding, batch, num_frames, features.device) if mask else None
-        x = self.apply_masks(features, masked) if mask else features
-        encoder_padding = frame_padding if frame_padding is not None and frame_padding.any() else None
-        encoded, _ = self.encoder(x, padding_mask=encoder_padding,
-                                  layer=None if output_layer is None else output_layer - 1)
-        if features_only:
-            return {"x": encoded, "padding_mask": frame_padding, "features": x}
-        if target_list is None:
-            raise ValueError("target_list is required unless features_only=True")
-
-        valid = (torch.ones(batch, num_frames, dtype=torch.bool, device=encoded.device)
-                 if frame_padding is None else ~frame_padding)
-        masked = torch.zeros_like(valid) if masked is None else masked
-        logit_m_list, target_m_list = self.predictions(encoded, valid & masked, target_list, self.skip_masked)
-        logit_u_list, target_u_list = self.predictions(encoded, valid & ~masked, target_list, self.skip_nomask)
-        return {
-            "logit_m_list": logit_m_list,
-            "logit_u_list": logit_u_list,
-            "target_m_list": target_m_list,
-            "target_u_list": target_u_list,
-            "padding_mask": frame_padding,
-            "features_pen": features_pen,
-        }
-
-    def predictions(self, encoded: torch.Tensor, selected: torch.Tensor, target_list: List[torch.Tensor],
-                    skip: bool) -> Tuple[List[Optional[torch.Tensor]], List[Optional[torch.Tensor]]]:
-        """Logits and targets of the selected frames, one pair per label set.
-
-        Args:
-            encoded: ``(batch, frame, embed)`` encoder output.
-            selected: ``(batch, frame)`` bool, the frames to predict.
-            target_list: per label set ``(batch, frame)`` dictionary indices.
-            skip: return Nones (stock ``skip_masked``/``skip_nomask``).
-
-        Returns:
-            (logits, targets) lists; cosine: ``(S, 1+V)`` logits with target 0, linear: ``(S, V)``
-            logits with the dictionary indices as targets.
-        """
-        if skip:
-            return [None] * len(target_list), [None] * len(target_list)
-        projected = self.final_proj(encoded[selected])
-        targets = [t[selected].long() for t in target_list]
+    def class_logits(self, frames: torch.Tensor, targets: List[torch.Tensor]
+                     ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        """Linear: ``(S, V)`` logits with the dictionary indices as targets; cosine: ``(S, 1+V)``
+        logits with target 0 (the positive in column 0)."""
+        projected = self.final_proj(frames)
         if self.logit_mode == "linear":
-            logits = [chunk / self.logit_temp for chunk in projected.split(self.num_classes, dim=-1)]
-            return logits, targets
-        if self.untie_final_proj:
-            chunks = projected.chunk(len(target_list), dim=-1)
-        else:
-            chunks = [projected] * len(target_list)
+            return linear_class_logits(projected, self.num_classes, self.logit_temp), targets
+        chunks = projected.chunk(len(targets), dim=-1) if self.untie_final_proj else [projected] * len(targets)
         embeddings = self.label_embs_concat.split(self.num_classes, 0)
-        logits = [self.cosine_logits(chunk, target, embs)
-                  for chunk, target, embs in zip(chunks, targets, embeddings)]
+        logits = [self.cosine_logits(chunk, target, embs) for chunk, target, embs in zip(chunks, targets, embeddings)]
         return logits, [t.new_zeros(t.shape) for t in targets]
 
     def cosine_logits(self, projected: torch.Tensor, target: torch.Tensor, label_embs: torch.Tensor
@@ -344,7 +232,3 @@ class K2sslHubertModel(HubertModel):
                 is_positive = embedding_class[None, :] == embedding_class[target][:, None]
             return torch.cat([positive, similarity.masked_fill(is_positive, float("-inf"))], dim=1)
 
-    def get_targets(self, net_output: Dict[str, object], is_masked: bool = True) -> List[torch.Tensor]:
-        """Targets matching ``get_logits``: zeros in cosine mode, dictionary indices in linear mode."""
-        targets = net_output["target_m_list" if is_masked else "target_u_list"]
-        return [t for t in targets if t is not None]

@@ -24,7 +24,7 @@ Two deliberate differences from the original, both invisible on unpadded batches
 """
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 import torch
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
@@ -34,9 +34,8 @@ from fairseq.modules import LayerNorm
 from omegaconf import II
 from torch import nn
 
-from ..data.frames import conv_frames, conv_stride, frame_padding_mask
-from ..data.masking import span_mask_tensor
-from .conv_frontend import conv_features
+from ..data.frames import conv_stride
+from .masked_prediction import MaskedPredictionModel, linear_class_logits
 from .zipformer import Zipformer2, set_batch_count
 
 EXTRACTOR_MODE_CHOICES = ChoiceEnum(["default", "layer_norm"])
@@ -95,13 +94,16 @@ class ZipformerSslConfig(FairseqDataclass):
 
 
 @register_model("zipformer_ssl", dataclass=ZipformerSslConfig)
-class ZipformerSslModel(BaseFairseqModel):
-    """Zipformer SSL model (k2SSL) with stock HuBERT's model interface.
+class ZipformerSslModel(MaskedPredictionModel, BaseFairseqModel):
+    """Zipformer SSL model (k2SSL) with stock HuBERT's model interface (``MaskedPredictionModel``).
 
     Args:
         cfg: the model config.
         num_classes: classes of each label set (``len(dictionary)``, fairseq's 4 specials included).
     """
+
+    model_name = "zipformer_ssl"
+    valid_frame_statistics = True
 
     def __init__(self, cfg: ZipformerSslConfig, num_classes: Sequence[int]) -> None:
         super().__init__()
@@ -136,6 +138,12 @@ class ZipformerSslModel(BaseFairseqModel):
             pos_dim=cfg.pos_dim,
         )
         self.final_proj = nn.Linear(max(cfg.encoder_dim), sum(self.num_classes))
+        # What the shared front half reads (MaskedPredictionModel).
+        self.feature_grad_mult = cfg.feature_grad_mult
+        self.mask_prob, self.mask_length, self.mask_min_masks = cfg.mask_prob, cfg.mask_length, cfg.mask_min_masks
+        self.mask_channel_prob, self.mask_channel_length = 0.0, 0
+        self.skip_masked, self.skip_nomask = False, cfg.skip_nomask
+        self.logit_temp = cfg.logit_temp
 
     @classmethod
     def build_model(cls, cfg: ZipformerSslConfig, task) -> "ZipformerSslModel":
@@ -158,157 +166,14 @@ class ZipformerSslModel(BaseFairseqModel):
             return float(num_updates)
         return num_updates * self.cfg.seconds_per_update / self.cfg.ref_duration
 
-
-    def forward(
-        self,
-        source: torch.Tensor,
-        target_list: Optional[List[torch.Tensor]] = None,
-        padding_mask: Optional[torch.Tensor] = None,
-        mask: bool = True,
-        features_only: bool = False,
-        output_layer: Optional[int] = None,
-        mask_indices: Optional[torch.Tensor] = None,
-    ) -> Dict[str, object]:
-        """Stock HuBERT's forward.
-
-        Args:
-            source: waveform ``(batch, samples)``.
-            target_list: one ``(batch, label_frames)`` int64 tensor of dictionary indices per label
-                set; required unless ``features_only``.
-            padding_mask: ``(batch, samples)`` True at padded samples (padding at the end), or None.
-            mask: replace masked frames by the mask embedding.
-            features_only: return encoder features instead of logits.
-            output_layer: 1-based encoder stack whose output (at the full frame rate) is returned
-                instead of the encoder output; None for the whole encoder.
-            mask_indices: ``(batch, frames)`` precomputed masks (the data path's); drawn here with
-                ``data.masking`` when absent.
-
-        Returns:
-            With ``features_only``: ``{"x": (batch, frame, dim), "padding_mask": (batch, frame) or
-            None, "features": (batch, frame, encoder_dim[0]) encoder input}``. Otherwise
-            ``logit_m_list``/``logit_u_list`` (per label set, ``(frames, num_classes)``), the
-            matching ``target_m_list``/``target_u_list``, ``padding_mask``, ``mask_indices`` and
-            ``features_pen``.
-        """
-        if not features_only and target_list is None:
-            raise ValueError("zipformer_ssl: target_list is required unless features_only=True")
-        features, frame_padding = self._cnn(source, padding_mask)
-        if target_list is not None:
-            features, frame_padding, target_list = self._align_to_labels(features, frame_padding, target_list)
-        features_pen = self._feature_penalty(features, frame_padding)
-
-        x = self.layer_norm(features)
-        if self.post_extract_proj is not None:
-            x = self.post_extract_proj(x)
-        x = self.dropout_input(x)
-        batch, num_frames, _ = x.shape
-        if mask:
-            if mask_indices is None:
-                mask_indices = span_mask_tensor(frame_padding, batch, num_frames, self.cfg.mask_prob,
-                                                self.cfg.mask_length, self.cfg.mask_min_masks)
-            mask_indices = mask_indices[:, :num_frames].to(x.device)
-            if mask_indices.shape != (batch, num_frames):
-                raise ValueError(f"zipformer_ssl: mask_indices has shape {tuple(mask_indices.shape)}, "
-                                 f"expected at least (batch, frames) = ({batch}, {num_frames})")
-            x = torch.where(mask_indices.unsqueeze(-1), self.mask_emb.to(x.dtype), x)
-        else:
-            mask_indices = None
-        encoder_input = x
-        x = self._encode(x, frame_padding, output_layer)
-
-        if features_only:
-            return {"x": x, "padding_mask": frame_padding, "features": encoder_input}
-        logit_m, target_m, logit_u, target_u = self._predict(x, frame_padding, mask_indices, target_list)
-        return {
-            "logit_m_list": logit_m, "logit_u_list": logit_u,
-            "target_m_list": target_m, "target_u_list": target_u,
-            "padding_mask": frame_padding, "mask_indices": mask_indices, "features_pen": features_pen,
-        }
-
-    def extract_features(
-        self,
-        source: torch.Tensor,
-        padding_mask: Optional[torch.Tensor] = None,
-        mask: bool = False,
-        ret_conv: bool = False,
-        output_layer: Optional[int] = None,
-    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Stock HuBERT's feature extraction.
-
-        Returns:
-            ``(features (batch, frame, dim), frame padding mask (batch, frame) or None)``; with
-            ``ret_conv`` the features are the encoder input instead of its output.
-        """
-        res = self.forward(source, padding_mask=padding_mask, mask=mask, features_only=True,
-                           output_layer=output_layer)
-        return (res["features"] if ret_conv else res["x"]), res["padding_mask"]
-
-    def get_logits(self, net_output: Dict[str, object], is_masked: bool = True) -> List[torch.Tensor]:
-        """Class logits ``(frames, num_classes)`` per label set, masked or unmasked frames, as float32."""
-        return [x.float() for x in net_output["logit_m_list" if is_masked else "logit_u_list"]]
-
-    def get_targets(self, net_output: Dict[str, object], is_masked: bool = True) -> List[torch.Tensor]:
-        """Class indices ``(frames,)`` matching ``get_logits``: CE against them is k2SSL's loss."""
-        return list(net_output["target_m_list" if is_masked else "target_u_list"])
-
-    def get_extra_losses(self, net_output: Dict[str, object]) -> Tuple[List[torch.Tensor], List[str]]:
-        """The CNN feature penalty, weighted by the criterion's ``loss_weights``."""
-        return [net_output["features_pen"]], ["features_pen"]
-
     def remove_pretraining_modules(self) -> None:
         """Drop the classification head (fine-tuning wrappers call this)."""
         self.final_proj = None
 
-    def _cnn(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor]
-             ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Run the CNN front-end (first-layer GroupNorm statistics over each row's valid frames).
-
-        Returns:
-            ``(features (batch, frames, channels), frame padding mask (batch, frames) or None)``.
-        """
-        if source.dim() != 2:
-            raise ValueError(f"zipformer_ssl: source must be (batch, samples), got shape {tuple(source.shape)}")
-        sample_lengths = None
-        if padding_mask is not None:
-            if padding_mask.shape != source.shape:
-                raise ValueError(f"zipformer_ssl: padding_mask shape {tuple(padding_mask.shape)} does not "
-                                 f"match source shape {tuple(source.shape)}")
-            source = source.masked_fill(padding_mask, 0.0)
-            sample_lengths = (~padding_mask).sum(1)
-        first_layer_frames = None if sample_lengths is None else conv_frames(sample_lengths, self.conv_layers[:1])
-        features = conv_features(self.feature_extractor, source, first_layer_frames, self.cfg.feature_grad_mult)
-        if sample_lengths is None:
-            return features, None
-        return features, frame_padding_mask(sample_lengths, features.shape[1], self.conv_layers)
-
-    def _align_to_labels(self, features: torch.Tensor, frame_padding: Optional[torch.Tensor],
-                         target_list: List[torch.Tensor]):
-        """Trim frames to those with a label and pick each frame's label (stock HuBERT's rule).
-
-        Frame ``i`` takes label ``floor(i * frames_per_label)``; 1 at 50 Hz labels, 2 at 100 Hz.
-        """
-        label_frames = min(t.shape[1] for t in target_list)
-        num_frames = features.shape[1]
-        if self.frames_per_label * num_frames > label_frames:
-            num_frames = int(label_frames / self.frames_per_label)
-            features = features[:, :num_frames]
-            if frame_padding is not None:
-                frame_padding = frame_padding[:, :num_frames]
-        label_index = (torch.arange(num_frames, device=features.device).double() * self.frames_per_label).long()
-        return features, frame_padding, [t[:, label_index] for t in target_list]
-
-    @staticmethod
-    def _feature_penalty(features: torch.Tensor, frame_padding: Optional[torch.Tensor]) -> torch.Tensor:
-        """Mean square of the CNN features over valid frames (the L2 penalty k2SSL weights by 10)."""
-        squares = features.float().pow(2)
-        if frame_padding is None:
-            return squares.mean()
-        valid = (~frame_padding).unsqueeze(-1).to(squares.dtype)
-        return (squares * valid).sum() / (valid.sum() * squares.shape[2]).clamp(min=1.0)
-
-    def _encode(self, x: torch.Tensor, frame_padding: Optional[torch.Tensor],
-                output_layer: Optional[int]) -> torch.Tensor:
-        """Zipformer2 on ``(batch, frame, encoder_dim[0])`` → ``(batch, frame, dim)``."""
+    def encode(self, x: torch.Tensor, frame_padding: Optional[torch.Tensor],
+               output_layer: Optional[int]) -> torch.Tensor:
+        """Zipformer2 on ``(batch, frame, encoder_dim[0])`` → ``(batch, frame, dim)``; ``output_layer``
+        is a 1-based stack, whose output is taken at the full frame rate."""
         stacks = len(self.cfg.encoder_dim)
         if output_layer is not None and not 1 <= output_layer <= stacks:
             raise ValueError(f"zipformer_ssl: output_layer must be a stack number in 1..{stacks}, got {output_layer}")
@@ -316,19 +181,6 @@ class ZipformerSslModel(BaseFairseqModel):
         out = encoded.output if output_layer is None else encoded.stack_outputs[output_layer - 1]
         return out.transpose(0, 1)
 
-    def _predict(self, x: torch.Tensor, frame_padding: Optional[torch.Tensor],
-                 mask_indices: Optional[torch.Tensor], target_list: List[torch.Tensor]):
-        """Logits and targets on masked and unmasked valid frames, one entry per label set."""
-        valid = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device) if frame_padding is None else ~frame_padding
-        masked = valid if mask_indices is None else valid & mask_indices
-        unmasked = valid & ~masked
-        logit_m, target_m = self._class_logits(x, masked, target_list)
-        if self.cfg.skip_nomask:
-            return logit_m, target_m, [], []
-        logit_u, target_u = self._class_logits(x, unmasked, target_list)
-        return logit_m, target_m, logit_u, target_u
-
-    def _class_logits(self, x: torch.Tensor, frames: torch.Tensor, target_list: List[torch.Tensor]):
-        """``final_proj(x) / logit_temp`` on the selected frames, split per label set."""
-        logits = self.final_proj(x[frames]) / self.cfg.logit_temp
-        return list(logits.split(self.num_classes, dim=-1)), [t[frames].long() for t in target_list]
+    def class_logits(self, frames: torch.Tensor, targets: List[torch.Tensor]):
+        """``final_proj(x) / logit_temp`` split per label set; the targets are the classes."""
+        return linear_class_logits(self.final_proj(frames), self.num_classes, self.logit_temp), targets
