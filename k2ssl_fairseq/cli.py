@@ -34,8 +34,9 @@ def torchrun_overrides(environ: Mapping[str, str] = os.environ) -> List[str]:
 
 def hydra_train() -> None:
     """Console entry point."""
+    from fairseq_cli.hydra_train import cli_main  # configures logging, so the plugin's start-up line shows
+
     import k2ssl_fairseq  # noqa: F401  (registers the plugin before composition)
-    from fairseq_cli.hydra_train import cli_main
 
     sys.argv.extend(torchrun_overrides())
     cli_main()

@@ -16,7 +16,7 @@ from fairseq import checkpoint_utils
 from fairseq.models.hubert.hubert import HubertModel
 from torchaudio.models.wav2vec2.utils import import_fairseq_model
 
-import k2ssl_fairseq  # noqa: F401  (compat layer + registrations)
+import k2ssl_fairseq  # noqa: F401  (patches + registrations)
 from k2ssl_fairseq import testing
 from k2ssl_fairseq.testing import assert_gradients_close
 from k2ssl_fairseq import checkpoints

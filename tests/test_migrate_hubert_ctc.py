@@ -14,7 +14,7 @@ import pytest
 import torch
 from fairseq import checkpoint_utils
 
-import k2ssl_fairseq  # noqa: F401  (compat layer + registrations)
+import k2ssl_fairseq  # noqa: F401  (patches + registrations)
 from k2ssl_fairseq import testing
 from k2ssl_fairseq.conversion import hubert_ctc
 from k2ssl_fairseq.checkpoints import CheckpointMismatchError

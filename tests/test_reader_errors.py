@@ -20,7 +20,7 @@ from k2ssl_fairseq.data.dictionary import DictionaryError, load_dictionary
 from k2ssl_fairseq.data.index import IndexSettings, InvalidInputError, LabelSource, build_index
 from k2ssl_fairseq.data.labels import load_labels, parse_labels
 from k2ssl_fairseq.data.manifest import ManifestError, read_manifest
-from k2ssl_fairseq.reliability import remove_stale_checkpoint_temporaries
+from k2ssl_fairseq.patches.atomic_checkpoints import remove_stale_checkpoint_temporaries
 from k2ssl_fairseq.testing import hydra_train, make_tiny_corpus, stock_hubert_tiny_overrides
 
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]

@@ -1,5 +1,6 @@
 """Reliability patches inside a real fairseq Trainer: non-finite updates are skipped, and a crash
-while a checkpoint is written never damages ``checkpoint_last.pt``."""
+while a checkpoint is written never damages ``checkpoint_last.pt``; with a patch off, fairseq's own
+behaviour comes back."""
 from __future__ import annotations
 
 import logging
@@ -18,7 +19,8 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf, open_dict
 
 import k2ssl_fairseq
-from k2ssl_fairseq import checkpoints, reliability
+from k2ssl_fairseq import checkpoints, patches
+from k2ssl_fairseq.patches import atomic_checkpoints, nonfinite_skips, wrapping
 from k2ssl_fairseq.testing import PLUGIN_DIR
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "config" / "pretrain"
@@ -72,9 +74,27 @@ def optimizer_state_tensors(trainer: Trainer) -> List[torch.Tensor]:
 
 
 def test_plugin_import_installs_the_patches():
-    assert k2ssl_fairseq.reliability is reliability
-    assert hasattr(checkpoint_utils.torch_persistent_save, "__wrapped__")
-    assert hasattr(Trainer.train_step, "__wrapped__") and hasattr(Trainer.clip_grad_norm, "__wrapped__")
+    assert k2ssl_fairseq.patches.active() == list(patches.PATCHES)
+    assert wrapping.is_replaced(checkpoint_utils, "torch_persistent_save")
+    assert wrapping.is_replaced(Trainer, "train_step") and wrapping.is_replaced(Trainer, "clip_grad_norm")
+
+
+@pytest.fixture()
+def patch_off():
+    """Turn one patch off for a test, and every patch back on after it."""
+    def turn_off(name: str) -> None:
+        patches.apply(f"-{name}")
+    yield turn_off
+    patches.apply("")
+
+
+def test_without_nonfinite_skips_fairseq_stops_at_the_first_nan(trainer_and_batches, patch_off):
+    trainer, _, batches = trainer_and_batches
+    patch_off(nonfinite_skips.NAME)
+    assert not wrapping.is_replaced(Trainer, "train_step")
+    with pytest.raises(FloatingPointError):
+        trainer.train_step([nan_batch(batches[0])])
+    trainer.zero_grad()
 
 
 def test_nonfinite_loss_skips_the_update_and_counts_it(trainer_and_batches, caplog):
@@ -86,12 +106,12 @@ def test_nonfinite_loss_skips_the_update_and_counts_it(trainer_and_batches, capl
     after_first = snapshot(model)
     assert any(not torch.equal(before_first[k], after_first[k]) for k in after_first), "a good batch must train"
     moments = optimizer_state_tensors(trainer)
-    skips_before = reliability.nonfinite_skips(trainer)
+    skips_before = nonfinite_skips.nonfinite_skips(trainer)
 
-    with caplog.at_level(logging.WARNING, logger="k2ssl_fairseq.reliability"):
+    with caplog.at_level(logging.WARNING, logger="k2ssl_fairseq.patches.nonfinite_skips"):
         assert trainer.train_step([nan_batch(batches[1])]) is None
 
-    assert reliability.nonfinite_skips(trainer) == skips_before + 1
+    assert nonfinite_skips.nonfinite_skips(trainer) == skips_before + 1
     assert trainer.get_num_updates() == updates
     assert "update skipped" in caplog.text and f"at update {updates + 1}" in caplog.text
     after_skip = snapshot(model)
@@ -106,14 +126,14 @@ def test_nonfinite_loss_skips_the_update_and_counts_it(trainer_and_batches, capl
 
 def test_a_diverged_run_still_fails(trainer_and_batches, monkeypatch):
     trainer, _, batches = trainer_and_batches
-    monkeypatch.setenv(reliability.MAX_SKIPS_ENV, "1")
+    monkeypatch.setenv(nonfinite_skips.MAX_SKIPS_ENV, "1")
     assert trainer.train_step([nan_batch(batches[0])]) is None
     with pytest.raises(FloatingPointError, match="2 consecutive updates had non-finite gradients"):
         trainer.train_step([nan_batch(batches[1])])
     trainer.zero_grad()
-    monkeypatch.setenv(reliability.MAX_SKIPS_ENV, "many")
-    with pytest.raises(ValueError, match=reliability.MAX_SKIPS_ENV):
-        reliability.max_consecutive_skips()
+    monkeypatch.setenv(nonfinite_skips.MAX_SKIPS_ENV, "many")
+    with pytest.raises(ValueError, match=nonfinite_skips.MAX_SKIPS_ENV):
+        nonfinite_skips.max_consecutive_skips()
 
 
 def crash_halfway(payload, handle, *args, **kwargs):
@@ -121,6 +141,13 @@ def crash_halfway(payload, handle, *args, **kwargs):
     then dies like a full disk or a killed process."""
     handle.write(b"PK\x03\x04 partial checkpoint")
     raise OSError("simulated crash during checkpoint write")
+
+
+def copy_crashing_halfway(src: str, dst: str, **kwargs) -> None:
+    """Stands in for fairseq's in-place ``shutil.copyfile``: the destination is opened and truncated,
+    a few bytes land, then the process dies."""
+    with open(dst, "wb") as handle:
+        crash_halfway(None, handle)
 
 
 @pytest.mark.parametrize("crash_in", ["torch_save", "copy"])
@@ -152,12 +179,31 @@ def test_crash_during_save_keeps_the_previous_checkpoint_last(trainer_and_batche
     assert not list(Path(cfg.save_dir).glob("*.tmp")), "a failed write must not leave temporary files"
 
 
+def test_without_atomic_checkpoints_a_crash_truncates_checkpoint_last(trainer_and_batches, monkeypatch, patch_off):
+    """What the patch prevents: fairseq's own copy onto checkpoint_last.pt, interrupted, leaves it broken."""
+    trainer, epoch_itr, batches = trainer_and_batches
+    patch_off(atomic_checkpoints.NAME)
+    assert not wrapping.is_replaced(checkpoint_utils, "torch_persistent_save")
+    cfg = trainer.cfg.checkpoint
+    with open_dict(cfg):
+        cfg.no_epoch_checkpoints = False
+    last = Path(cfg.save_dir) / "checkpoint_last.pt"
+    trainer.train_step([batches[0]])
+    checkpoint_utils.save_checkpoint(cfg, trainer, epoch_itr, None)
+    monkeypatch.setattr(shutil, "copyfile", copy_crashing_halfway)
+    with pytest.raises(OSError, match="simulated crash"):
+        checkpoint_utils.save_checkpoint(cfg, trainer, epoch_itr, None)
+    monkeypatch.undo()
+    with pytest.raises(checkpoints.CheckpointReadError):
+        checkpoints.load_checkpoint(last)
+
+
 def test_atomic_copy_and_save_replace_the_destination(tmp_path: Path):
     source = tmp_path / "new.pt"
-    reliability.atomic_torch_save({"value": torch.arange(3)}, str(source))
+    atomic_checkpoints.atomic_torch_save({"value": torch.arange(3)}, str(source))
     destination = tmp_path / "checkpoint_last.pt"
     destination.write_bytes(b"old")
-    reliability.atomic_copy(str(source), str(destination))
+    atomic_checkpoints.atomic_copy(str(source), str(destination))
     assert destination.read_bytes() == source.read_bytes()
     assert torch.equal(torch.load(destination, weights_only=True)["value"], torch.arange(3))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_last.pt", "new.pt"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import contextvars
+import functools
 import os
 import pickle
 from pathlib import Path
@@ -69,6 +70,13 @@ def checkpoint_globals() -> List[Any]:
     return _fairseq_globals() + [argparse.Namespace] + _numpy_scalar_globals()
 
 
+@functools.lru_cache(maxsize=None)
+def register_allowlist() -> None:
+    """Allow :func:`checkpoint_globals` in torch's restricted unpickler (process-wide, once; these
+    classes rebuild plain data and run nothing)."""
+    torch.serialization.add_safe_globals(checkpoint_globals())
+
+
 def _resolved(path: Union[str, os.PathLike]) -> str:
     return str(Path(path).resolve())
 
@@ -106,9 +114,10 @@ def torch_load(file: PathOrFile, **kwargs: Any) -> Any:
     """``torch.load`` of one file with this module's rules: restricted unless the file is trusted,
     refusals and unreadable files explained, the config sections checked (:func:`check_config`).
 
-    fairseq's ``checkpoint_utils`` calls this for every ``torch.load`` (see ``compat``), so resume,
+    fairseq's ``checkpoint_utils`` calls this for every ``torch.load`` (see ``patches.checkpoint_loading``), so resume,
     ``load_model_ensemble_and_task`` and fine-tuning from ``w2v_path`` follow the same rules.
     """
+    register_allowlist()
     path = _file_path(file)
     kwargs["weights_only"] = not is_trusted(path)
     kwargs.setdefault("map_location", "cpu")
