@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo clean
+.PHONY: setup test test-fast demo clean
 
 setup: $(STAMP)
 
@@ -18,6 +18,10 @@ $(STAMP): requirements.txt setup.py
 
 test: setup
 	$(PY) -m pytest -q tests
+
+# The developer loop (docs/development.md): everything but the end-to-end tests, about a minute.
+test-fast: setup
+	$(PY) -m pytest -q -m "not e2e" tests
 
 demo: setup
 	$(PY) scripts/demo.py --work-dir demo_work

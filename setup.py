@@ -18,7 +18,7 @@ setup(
     entry_points={
         "console_scripts": [
             "k2ssl-hydra-train=k2ssl_fairseq.cli:hydra_train",
-            "k2ssl-benchmark=k2ssl_fairseq.benchmark:main",
+            "k2ssl-benchmark=k2ssl_fairseq.bench.ab:main",
         ]
     },
 )

@@ -10,17 +10,20 @@ steps then a timed one; the two alternate for ``--repeats`` rounds and each keep
 """
 import argparse
 import json
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Dict, List
 
-import psutil
 import torch
 
-from k2ssl_fairseq.benchmark import provenance
+from k2ssl_fairseq.bench.common import (
+    current_memory_bytes,
+    interleaved_rounds,
+    peak_memory_bytes,
+    provenance,
+    write_json,
+)
 
 SYSTEMS = ("fairseq_module", "conv_frontend")
 LAYERS = [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
@@ -36,7 +39,7 @@ def run_one(system: str, batch: int, seconds: float, threads: int, warmup: int, 
     module = ConvFeatureExtractionModel(LAYERS).to(device)
     source = torch.randn(batch, int(seconds * 16000)).to(device)
     cuda = device == "cuda"
-    before = torch.cuda.memory_allocated() if cuda else psutil.Process().memory_info().rss
+    before = current_memory_bytes(device)
     for _ in range(warmup + 1):
         module.zero_grad(set_to_none=True)
         if cuda:
@@ -52,7 +55,7 @@ def run_one(system: str, batch: int, seconds: float, threads: int, warmup: int, 
         elapsed = time.perf_counter() - start
         del out
     # CPU: the process's resident high-water mark; CUDA: the allocator's peak (tensors only)
-    peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_memory_bytes(device)
     return {"system": system, "batch_seconds": batch * seconds, "step_seconds": elapsed, "forward_seconds": forward,
             "peak_memory_bytes": peak, "step_memory_bytes": peak - before, "threads": threads, "warmup_steps": warmup, "device": device}
 
@@ -71,14 +74,10 @@ def main(argv: List[str] = None) -> int:
     if args.run_one:
         print(json.dumps(run_one(args.run_one, args.batch, args.seconds, args.threads, args.warmup, args.device)))
         return 0
-    rounds: Dict[str, List[Dict[str, object]]] = {s: [] for s in SYSTEMS}
-    for _ in range(args.repeats):
-        for system in SYSTEMS:
-            proc = subprocess.run([sys.executable, __file__, "--run-one", system, "--batch", str(args.batch),
-                                   "--seconds", str(args.seconds), "--threads", str(args.threads),
-                                   "--warmup", str(args.warmup), "--device", args.device],
-                                  capture_output=True, text=True, check=True)
-            rounds[system].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    rounds = interleaved_rounds(
+        lambda system: [sys.executable, __file__, "--run-one", system, "--batch", str(args.batch),
+                        "--seconds", str(args.seconds), "--threads", str(args.threads),
+                        "--warmup", str(args.warmup), "--device", args.device], SYSTEMS, args.repeats, echo=False)
     stock, ours = (min(rounds[s], key=lambda r: r["step_seconds"]) for s in SYSTEMS)
     result = {
         "fairseq_module": stock, "conv_frontend": ours,
@@ -86,13 +85,12 @@ def main(argv: List[str] = None) -> int:
         "peak_memory_vs_module": ours["peak_memory_bytes"] / stock["peak_memory_bytes"],
         "step_memory_vs_module": ours["step_memory_bytes"] / stock["step_memory_bytes"],
         "all_rounds_step_seconds": {s: [r["step_seconds"] for r in rounds[s]] for s in SYSTEMS},
-        **provenance("benchmarks/bench_frontend.py", sys.argv[1:]),
+        **provenance(args.device),
     }
     print(f"conv_frontend: {result['speed_vs_module']:.2f}x speed, {result['peak_memory_vs_module']:.3f}x peak "
           f"memory, {result['step_memory_vs_module']:.3f}x step memory of fairseq's module")
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.output, result)
     return 0
 
 

@@ -13,17 +13,15 @@ and fairseq) against the limits of 30 s and 2 GB.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from k2ssl_fairseq.bench.common import provenance, run_json_worker, write_json
 
 SAMPLE_RATE = 16000
 LIMIT_SECONDS = 30.0
@@ -91,12 +89,8 @@ def main() -> None:
         return
 
     hours = write_manifest(args.work_dir.resolve(), args.utterances, seed=0)
-    proc = subprocess.run([sys.executable, __file__, "--measure", "--work-dir", str(args.work_dir),
-                           "--world-size", str(args.world_size), "--max-duration", str(args.max_duration)],
-                          capture_output=True, text=True, check=True)
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip()
+    result = run_json_worker([sys.executable, __file__, "--measure", "--work-dir", args.work_dir,
+                              "--world-size", args.world_size, "--max-duration", args.max_duration])
     record = {
         "system": "k2ssl_pretraining", "size": f"{args.utterances} utterances, {hours:.0f} h (synthetic)",
         "device": "cpu", "world_size": args.world_size, "max_duration": args.max_duration, **result,
@@ -104,17 +98,14 @@ def main() -> None:
         "limits": {"seconds": LIMIT_SECONDS, "bytes": LIMIT_BYTES},
         "batch_seconds": None, "audio_seconds_per_second": None, "peak_memory_bytes": result["peak_rss_bytes"],
         "data_wait_fraction": None, "crop_waste_fraction": None, "padding_fraction": None, "loss_curve": None,
-        "command": " ".join([Path(sys.executable).name, *sys.argv]), "git_commit": commit or "unknown",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.node()} {platform.machine()} cpus={len(os.sched_getaffinity(0))}",
+        **provenance(),
     }
     print(f"{args.utterances} utterances ({hours:.0f} h): index {result['index_seconds']:.1f} s + epoch plan "
           f"{result['epoch_plan_seconds']:.1f} s = {result['total_seconds']:.1f} s (limit {LIMIT_SECONDS:.0f} s; "
           f"{result['cpu_seconds']:.1f} s of CPU), "
           f"peak RSS {result['peak_rss_bytes'] / 1e9:.2f} GB (limit 2 GB; {result['rss_after_imports_bytes'] / 1e9:.2f} "
           f"GB after imports), {result['num_batches']} batches, {result['batches_per_rank']} per rank")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"records": [record]}, indent=2) + "\n")
+    write_json(args.out, {"records": [record]})
     print(f"wrote {args.out}")
 
 

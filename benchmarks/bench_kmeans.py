@@ -27,17 +27,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
-import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, List
 
 import numpy as np
-from k2ssl_fairseq.benchmark import git_commit
+
+from k2ssl_fairseq.bench.common import provenance, run_json_worker, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 WORKERS = ("faiss", "sklearn_minibatch_fairseq")
@@ -117,8 +115,7 @@ def benchmark(args: argparse.Namespace) -> List[dict]:
                 cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", worker, "--work-dir",
                        str(args.work_dir), "--split", args.split, "--n-clusters", str(n_clusters), "--seed",
                        str(args.seed), "--max-points", str(max_points), "--centroids-out", str(out)]
-                proc = subprocess.run(cmd, capture_output=True, text=True, check=True, env=_thread_env(args.threads))
-                runs[system].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+                runs[system].append(run_json_worker(cmd, env=_thread_env(args.threads)))
                 centroids[system].append(np.load(out))
                 print(f"k={n_clusters} {system} run {run}: {runs[system][-1]['seconds']:.1f} s wall, "
                       f"{runs[system][-1]['cpu_seconds']:.1f} s cpu", flush=True)
@@ -149,9 +146,7 @@ def _record(args: argparse.Namespace, system: str, n_clusters: int, features: np
         "reproducible": all(np.array_equal(centroids[0], c) for c in centroids[1:]),
         "batch_seconds": None, "audio_seconds_per_second": None, "data_wait_fraction": None,
         "crop_waste_fraction": None, "padding_fraction": None, "loss_curve": None,
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "git_commit": git_commit(),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.node()} {platform.machine()} cpus={len(os.sched_getaffinity(0))}",
+        **provenance(),
     }
 
 
@@ -180,8 +175,7 @@ def main() -> None:
         parser.error("--data is required (build the demo corpus with scripts/make_demo_corpus.py)")
     args.work_dir.mkdir(parents=True, exist_ok=True)
     records = benchmark(args)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(records, indent=2) + "\n")
+    write_json(args.output, records)
     print(f"wrote {args.output}")
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Data loader benchmark: ``k2ssl_pretraining`` vs stock ``hubert_pretraining`` at equal audio budget.
 
-For each corpus (the tiny generated corpus of ``k2ssl_fairseq.testing`` and a synthetic corpus with a
+For each corpus (the synthetic corpus of ``k2ssl_fairseq.data.synthetic`` and a synthetic corpus with a
 LibriSpeech-like length distribution) and each loader (0 and 2 DataLoader workers), one training
 epoch is iterated through fairseq's ``EpochBatchIterator`` with the same nominal budget per batch
 (stock: ``dataset.max_tokens``; ours: the same number as ``max_duration`` seconds) and the same
@@ -17,18 +17,17 @@ waste and audio per batch where the corpus is too big to read here.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List
 
 import numpy as np
-from k2ssl_fairseq.benchmark import git_commit
+
+from k2ssl_fairseq.bench.common import provenance, run_json_worker, write_json
+from k2ssl_fairseq.data.synthetic import make_tiny_corpus
 
 SAMPLE_RATE = 16000
 MAX_SAMPLE_SIZE = 250_000  # HuBERT base yaml
@@ -44,8 +43,9 @@ def librispeech_like_seconds(count: int, rng: np.random.Generator) -> np.ndarray
 
 def make_librispeech_like_corpus(root: Path, count: int, seed: int = 0) -> Path:
     """Noise audio (PCM16) with LibriSpeech-like lengths, 50 Hz random k-means labels, ``dict.km.txt``."""
-    from k2ssl_fairseq.data.frames import conv_frames
     import soundfile as sf
+
+    from k2ssl_fairseq.data.frames import conv_frames
 
     root = root.resolve()
     (root / "wav").mkdir(parents=True, exist_ok=True)
@@ -65,9 +65,9 @@ def make_librispeech_like_corpus(root: Path, count: int, seed: int = 0) -> Path:
 
 def measure(system: str, corpus: Path, workers: int, budget_seconds: float) -> Dict[str, Any]:
     """One epoch of one loader; runs in a fresh process."""
-    import k2ssl_fairseq  # noqa: F401  (registers k2ssl_pretraining)
     from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig, HubertPretrainingTask
 
+    import k2ssl_fairseq  # noqa: F401  (registers k2ssl_pretraining)
     from k2ssl_fairseq.tasks.k2ssl_pretraining import K2sslPretrainingConfig, K2sslPretrainingTask
 
     common = dict(data=str(corpus), label_dir=str(corpus), labels=["km"], label_rate=50.0, pad_audio=False,
@@ -156,8 +156,6 @@ def main() -> None:
         print(json.dumps(measure(system, Path(corpus), int(workers), float(budget))))
         return
 
-    from k2ssl_fairseq.testing import make_tiny_corpus
-
     corpora = {
         "tiny": (make_tiny_corpus(args.work_dir / "tiny", splits={"train": args.tiny_utterances},
                                   min_seconds=1.0, max_seconds=5.0), 16.0),
@@ -170,9 +168,7 @@ def main() -> None:
     for name, (corpus, budget) in corpora.items():
         for workers in (0, 2):
             for system in ("hubert_pretraining", "k2ssl_pretraining"):
-                proc = subprocess.run([sys.executable, __file__, "--measure", system, str(corpus), str(workers),
-                                       str(budget)], capture_output=True, text=True, check=True)
-                record = json.loads(proc.stdout.strip().splitlines()[-1])
+                record = run_json_worker([sys.executable, __file__, "--measure", system, corpus, workers, budget])
                 record["size"] = name
                 records.append(record)
                 print(f"{name:17s} workers={workers} {system:19s} crop_waste={record['crop_waste_fraction']:.3f} "
@@ -201,13 +197,10 @@ def main() -> None:
             }
     for key, value in ratios.items():
         print(key, " ".join(f"{k}={v:.3f}" for k, v in value.items()))
-    stamp = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "git_commit": git_commit(),
-             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-             "machine": f"{platform.node()} {platform.machine()} {platform.processor() or ''} cpus={len(__import__('os').sched_getaffinity(0))}".strip()}
+    stamp = provenance()
     for record in records:
         record.update(stamp)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"records": records, "ratios": ratios, **stamp}, indent=2) + "\n")
+    write_json(args.out, {"records": records, "ratios": ratios, **stamp})
     print(f"wrote {args.out}")
 
 

@@ -20,8 +20,6 @@ just before the step, i.e. what forward + backward added.
 """
 import argparse
 import json
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,9 +27,15 @@ from types import SimpleNamespace
 from typing import Dict, List
 
 import numpy as np
-import psutil
 import torch
-from k2ssl_fairseq.benchmark import provenance
+
+from k2ssl_fairseq.bench.common import (
+    current_memory_bytes,
+    interleaved_rounds,
+    peak_memory_bytes,
+    provenance,
+    write_json,
+)
 
 SYSTEMS = ("hubert", "k2ssl_hubert_cosine", "k2ssl_hubert_linear", "zipformer_ssl")
 #: Targets from the issues: Zipformer vs stock (issue B) and k2ssl_hubert cosine vs stock (issue E).
@@ -104,7 +108,7 @@ def run_one(system: str, batch: int, seconds: float, threads: int, warmup: int, 
     else:
         sample["net_input"]["mask_indices"] = mask
     autocast = torch.autocast(device, dtype=AUTOCAST_DTYPES[precision], enabled=precision != "fp32")
-    before = torch.cuda.memory_allocated() if cuda else psutil.Process().memory_info().rss
+    before = current_memory_bytes(device)
     for _ in range(warmup + 1):  # the last step is timed: one-off costs (first allocations) are not
         model.zero_grad(set_to_none=True)
         if cuda:
@@ -120,7 +124,7 @@ def run_one(system: str, batch: int, seconds: float, threads: int, warmup: int, 
         write_profile(lambda: criterion(model, sample)[0].backward(), autocast, device,
                       profile / f"{system}_{precision}.txt")
     # CPU: the process's resident high-water mark; CUDA: the caching allocator's peak (tensors only)
-    peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_memory_bytes(device)
     return {
         "system": system, "size": "base", "device": device, "precision": precision, "batch_seconds": batch * seconds,
         "audio_seconds_per_second": batch * seconds / elapsed, "peak_memory_bytes": peak,
@@ -146,17 +150,6 @@ def write_profile(step, autocast, device: str, path: Path) -> None:
     path.write_text(prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=60) + "\n")
 
 
-def measure(system: str, args: argparse.Namespace) -> Dict[str, object]:
-    proc = subprocess.run([sys.executable, __file__, "--run-one", system, "--batch", str(args.batch),
-                           "--seconds", str(args.seconds), "--threads", str(args.threads),
-                           "--warmup", str(args.warmup), "--device", args.device,
-                           "--precision", args.precision] + (["--profile", str(args.profile)] if args.profile else []),
-                          capture_output=True, text=True, cwd=REPO)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{system} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def main(argv: List[str] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=4, help="utterances per batch")
@@ -177,18 +170,18 @@ def main(argv: List[str] = None) -> int:
                                  args.device, args.precision, args.profile)))
         return 0
 
-    rounds: Dict[str, List[Dict[str, object]]] = {s: [] for s in args.systems}
-    for _ in range(args.repeats):
-        for system in args.systems:
-            rounds[system].append(measure(system, args))
-            print(json.dumps(rounds[system][-1]), flush=True)
+    rounds = interleaved_rounds(
+        lambda system: [sys.executable, __file__, "--run-one", system, "--batch", str(args.batch),
+                        "--seconds", str(args.seconds), "--threads", str(args.threads), "--warmup", str(args.warmup),
+                        "--device", args.device, "--precision", args.precision]
+        + (["--profile", str(args.profile)] if args.profile else []), args.systems, args.repeats)
     records = []
     for system in args.systems:
         best = min(rounds[system], key=lambda r: r["step_seconds"])
         best["step_seconds_all_rounds"] = [r["step_seconds"] for r in rounds[system]]
         records.append(best)
     stock = next((r for r in records if r["system"] == "hubert"), None)
-    run_record = provenance("benchmarks/bench_models.py", sys.argv[1:])
+    run_record = provenance(args.device)
     for record in records:
         if stock is not None and record is not stock:
             record["speed_vs_hubert"] = record["audio_seconds_per_second"] / stock["audio_seconds_per_second"]
@@ -200,8 +193,7 @@ def main(argv: List[str] = None) -> int:
             record["targets"] = TARGETS[record["system"]]
         record.update(run_record)
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(records, indent=2) + "\n")
+        write_json(args.output, records)
     return 0
 
 

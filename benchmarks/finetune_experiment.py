@@ -38,9 +38,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-
-from k2ssl_fairseq.testing import hydra_train, hydra_train_command, stock_hubert_config_dir  # noqa: E402
-from k2ssl_fairseq.benchmark import git_commit
+from k2ssl_fairseq.bench.common import git_commit, hydra_train, hydra_train_command
+from k2ssl_fairseq.bench.stock import stock_hubert_config_dir
 
 #: Stock HuBERT shrunk to about the Zipformer tiny preset's parameter count (both counted and reported).
 HUBERT_TINY = {

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""A/B benchmark: stock fairseq HuBERT vs the plugin's systems (see k2ssl_fairseq/benchmark.py)."""
-from k2ssl_fairseq.benchmark import main
+"""A/B benchmark: stock fairseq HuBERT vs the plugin's systems (see k2ssl_fairseq/bench/ab.py)."""
+from k2ssl_fairseq.bench.ab import main
 
 if __name__ == "__main__":
     main()

@@ -9,9 +9,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from k2ssl_fairseq.labels import (NearestCentroid, check_lengths_match_manifest, km_line_lengths, label_shard_path,
-                                  load_centroids, merge_label_shards, open_feature_shard, write_km_dictionary,
-                                  write_shard_labels)
+from k2ssl_fairseq.labels import (
+    NearestCentroid,
+    check_lengths_match_manifest,
+    km_line_lengths,
+    label_shard_path,
+    load_centroids,
+    merge_label_shards,
+    open_feature_shard,
+    write_km_dictionary,
+    write_shard_labels,
+)
 from k2ssl_fairseq.labels.cli import run_reporting_errors
 
 

@@ -53,7 +53,7 @@ cat "$out/machine.txt"
 selected=("$@")
 want() { [ "${#selected[@]}" -eq 0 ] || [[ " ${selected[*]} " == *" $1 "* ]]; }
 
-stage corpus 120 python3 -c "from k2ssl_fairseq.testing import make_tiny_corpus; make_tiny_corpus('$work/data', splits={'train': 200, 'valid': 8}, min_seconds=4, max_seconds=16)"
+stage corpus 120 python3 -c "from k2ssl_fairseq.data.synthetic import make_tiny_corpus; make_tiny_corpus('$work/data', splits={'train': 200, 'valid': 8}, min_seconds=4, max_seconds=16)"
 
 if want smoke; then
   for precision in amp bf16; do
@@ -83,7 +83,7 @@ if want models; then
 fi
 
 if want ab; then
-  stage ab_base 240 python3 -m k2ssl_fairseq.benchmark --data "$work/data" --label-dir "$work/data" --size base \
+  stage ab_base 240 python3 -m k2ssl_fairseq.bench.ab --data "$work/data" --label-dir "$work/data" --size base \
     --device cuda --updates 6 --warmup 2 --out "$out/ab_base"
 fi
 

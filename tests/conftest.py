@@ -6,7 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from k2ssl_fairseq.testing import hydra_train, make_tiny_corpus, stock_hubert_tiny_overrides
+from k2ssl_fairseq.bench.common import hydra_train
+from k2ssl_fairseq.bench.stock import stock_hubert_tiny_overrides
+from k2ssl_fairseq.data.synthetic import make_tiny_corpus
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from k2ssl_fairseq.benchmark import SYSTEMS
-from k2ssl_fairseq.testing import make_tiny_corpus
+import pytest
+
+from k2ssl_fairseq.bench.ab import SYSTEMS
+from k2ssl_fairseq.data.synthetic import make_tiny_corpus
+
+pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = {"system", "size", "device", "batch_seconds", "audio_seconds_per_second", "peak_memory_bytes",

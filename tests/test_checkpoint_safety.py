@@ -10,8 +10,12 @@ import pytest
 import torch
 
 import k2ssl_fairseq  # noqa: F401  (applies the compatibility layer)
+from helpers import run_script_in_process
 from k2ssl_fairseq import checkpoints
-from k2ssl_fairseq.testing import hydra_train, stock_hubert_tiny_overrides
+from k2ssl_fairseq.bench.common import hydra_train
+from k2ssl_fairseq.bench.stock import stock_hubert_tiny_overrides
+
+pytestmark = pytest.mark.e2e
 
 
 class _RunsShellCommand:
@@ -114,12 +118,8 @@ def _script_commands(path: Path, corpus: Path, out: Path) -> dict:
 @pytest.mark.parametrize("script", ["migrate_checkpoint", "import_icefall_checkpoint", "export_icefall_checkpoint",
                                     "decode_ctc", "make_labels"])
 def test_plugin_scripts_refuse(poisoned, tiny_corpus: Path, tmp_path: Path, script: str):
-    import subprocess
-    import sys
-
     path, marker = poisoned
-    cmd = [sys.executable, *map(str, _script_commands(path, tiny_corpus, tmp_path)[script])]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    proc = run_script_in_process(*_script_commands(path, tiny_corpus, tmp_path)[script])
     assert proc.returncode != 0
     assert "posix.system" in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-2000:]
     assert not marker.exists()

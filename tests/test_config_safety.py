@@ -3,7 +3,6 @@ refused on every loading path, and trusting one file never changes how another l
 from __future__ import annotations
 
 import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any, Callable
@@ -12,7 +11,10 @@ import pytest
 import torch
 
 import k2ssl_fairseq  # noqa: F401  (registers the plugin and routes fairseq's loads)
-from k2ssl_fairseq import checkpoints, testing
+from helpers import run_script_in_process, stock_hubert_ctc_checkpoint
+from k2ssl_fairseq import checkpoints
+from k2ssl_fairseq.bench.common import hydra_train
+from k2ssl_fairseq.bench.stock import TINY_CONV, stock_hubert_tiny_overrides
 from k2ssl_fairseq.checkpoints import UntrustedCheckpointError
 from k2ssl_fairseq.conversion import hubert_ctc
 from k2ssl_fairseq.safe_literals import UnsafeLiteralError, parse_literal, unsafe_values
@@ -28,7 +30,7 @@ STOCK_LAYOUTS = [
     "[(512, 10, 5)] + [(512, 8, 4)] + [(512, 4, 2)] * 3 + [(512, 1, 1)]",
     "[(512, 10, 5), (512, 8, 4), (512, 4, 2), (512, 4, 2), (512, 4, 2), (512, 1, 1), (512, 1, 1)]",
     "[(512, 2, 1)] * 9",
-    testing.TINY_CONV.strip("'"),
+    TINY_CONV.strip("'"),
 ]
 
 
@@ -63,14 +65,10 @@ def fine_tuned(stock_hubert_run: Path, tiny_corpus: Path, tmp_path_factory) -> d
     """A stock ``hubert_ctc`` checkpoint and its conversion to a self-contained ``k2ssl_ctc`` one."""
     root = tmp_path_factory.mktemp("fine_tuned")
     pretrained = stock_hubert_run / "ckpt" / "checkpoint_last.pt"
-    stock = testing.stock_hubert_ctc_checkpoint(pretrained, tiny_corpus, root / "hubert_ctc.pt")
+    stock = stock_hubert_ctc_checkpoint(pretrained, tiny_corpus, root / "hubert_ctc.pt")
     plugin = root / "k2ssl_ctc.pt"
     hubert_ctc.migrate_hubert_ctc(stock, plugin, pretrained)
     return {"pretrained": pretrained, "hubert_ctc": stock, "k2ssl_ctc": plugin}
-
-
-def run_script(*args: Any) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=600)
 
 
 def assert_refused(proc: subprocess.CompletedProcess, key: str, marker: Path) -> None:
@@ -131,6 +129,7 @@ def test_unsafe_values_finds_evaluated_keys_and_interpolations_anywhere():
 
 # -- every loading path ----------------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_load_model_ensemble_and_task_refuses_code_in_the_config(poisoned_pretraining, marker):
     from fairseq import checkpoint_utils
 
@@ -140,52 +139,59 @@ def test_load_model_ensemble_and_task_refuses_code_in_the_config(poisoned_pretra
     assert not marker.exists()
 
 
+@pytest.mark.e2e
 def test_trusting_the_file_does_not_let_its_config_run(poisoned_pretraining, marker):
     with pytest.raises(UntrustedCheckpointError, match="cfg.model.conv_feature_layers"):
         checkpoints.load_checkpoint(poisoned_pretraining, trusted=True)
     assert not marker.exists()
 
 
+@pytest.mark.e2e
 def test_resume_refuses_code_in_the_config(poisoned_pretraining, marker, tiny_corpus, tmp_path):
     run = tmp_path / "resume"
     (run / "ckpt").mkdir(parents=True)
     poisoned_pretraining.rename(run / "ckpt" / "checkpoint_last.pt")
-    proc = testing.hydra_train(testing.stock_hubert_tiny_overrides(tiny_corpus, max_update=6), run, check=False)
+    proc = hydra_train(stock_hubert_tiny_overrides(tiny_corpus, max_update=6), run, check=False)
     assert_refused(proc, "cfg.model.conv_feature_layers", marker)
 
 
+@pytest.mark.e2e
 def test_migration_refuses_code_in_the_config(poisoned_pretraining, marker, tmp_path):
     out = tmp_path / "migrated.pt"
-    proc = run_script(SCRIPTS / "migrate_checkpoint.py", poisoned_pretraining, out, "--to", "k2ssl_hubert", "--verify")
+    proc = run_script_in_process(SCRIPTS / "migrate_checkpoint.py", poisoned_pretraining, out, "--to", "k2ssl_hubert", "--verify")
     assert_refused(proc, "cfg.model.conv_feature_layers", marker)
     assert not out.exists()
 
 
+@pytest.mark.e2e
 def test_labels_from_checkpoint_features_refuse_code_in_the_config(poisoned_pretraining, marker, tiny_corpus, tmp_path):
-    proc = run_script(SCRIPTS / "make_labels.py", "--data", tiny_corpus, "--out", tmp_path / "labels",
+    proc = run_script_in_process(SCRIPTS / "make_labels.py", "--data", tiny_corpus, "--out", tmp_path / "labels",
                       "--n-clusters", "4", "--feature", "checkpoint", "--checkpoint", poisoned_pretraining,
                       "--layer", "1", "--splits", "valid", "--train-split", "valid")
     assert_refused(proc, "cfg.model.conv_feature_layers", marker)
 
 
+@pytest.mark.e2e
 def test_fine_tuning_from_pretrained_path_refuses_code_in_the_config(poisoned_pretraining, marker, tiny_corpus,
                                                                     tmp_path):
-    proc = testing.hydra_train([f"task.data={tiny_corpus}", f"task.label_dir={tiny_corpus}",
+    proc = hydra_train([f"task.data={tiny_corpus}", f"task.label_dir={tiny_corpus}",
                                 f"model.pretrained_path={poisoned_pretraining}", "optimization.max_update=2"],
                                tmp_path / "ft", config_dir=REPO / "config" / "finetune", config_name="hubert_tiny",
                                check=False)
     assert_refused(proc, "cfg.model.conv_feature_layers", marker)
 
 
+@pytest.mark.e2e
 def test_decoding_refuses_code_in_the_encoder_record(fine_tuned, marker, tiny_corpus, tmp_path):
     def edit(state):
         state["cfg"]["model"]["encoder"]["model"]["conv_feature_layers"] = payload(marker)
     poisoned = rewrite(fine_tuned["k2ssl_ctc"], tmp_path / "ctc.pt", edit)
-    proc = run_script(SCRIPTS / "decode_ctc.py", "--checkpoint", poisoned, "--data", tiny_corpus, "--subset", "valid",
+    proc = run_script_in_process(SCRIPTS / "decode_ctc.py", "--checkpoint", poisoned, "--data", tiny_corpus, "--subset", "valid",
                       "--results-dir", tmp_path / "decode", "--device", "cpu")
     assert_refused(proc, "cfg.model.encoder.model.conv_feature_layers", marker)
 
 
+@pytest.mark.e2e
 def test_hubert_ctc_conversion_refuses_code_in_w2v_args(fine_tuned, marker, tmp_path):
     pretrained_cfg = torch.load(fine_tuned["pretrained"], weights_only=True)["cfg"]
     pretrained_cfg["model"]["conv_feature_layers"] = payload(marker)
@@ -194,11 +200,12 @@ def test_hubert_ctc_conversion_refuses_code_in_w2v_args(fine_tuned, marker, tmp_
         state["cfg"]["model"]["w2v_args"] = pretrained_cfg
     poisoned = rewrite(fine_tuned["hubert_ctc"], tmp_path / "hubert_ctc.pt", edit)
     out = tmp_path / "converted.pt"
-    proc = run_script(SCRIPTS / "migrate_checkpoint.py", poisoned, out, "--to", "k2ssl_ctc", "--verify")
+    proc = run_script_in_process(SCRIPTS / "migrate_checkpoint.py", poisoned, out, "--to", "k2ssl_ctc", "--verify")
     assert_refused(proc, "cfg.model.w2v_args.model.conv_feature_layers", marker)
     assert not out.exists()
 
 
+@pytest.mark.e2e
 def test_interpolations_are_never_resolved_from_this_machine(stock_hubert_run, tmp_path, monkeypatch):
     monkeypatch.setenv("K2SSL_TEST_SECRET", "s3cr3t")
 
@@ -209,13 +216,14 @@ def test_interpolations_are_never_resolved_from_this_machine(stock_hubert_run, t
         checkpoints.load_checkpoint(poisoned)
     assert "s3cr3t" not in str(err.value)
     out = tmp_path / "migrated.pt"
-    proc = run_script(SCRIPTS / "migrate_checkpoint.py", poisoned, out, "--to", "k2ssl_hubert")
+    proc = run_script_in_process(SCRIPTS / "migrate_checkpoint.py", poisoned, out, "--to", "k2ssl_hubert")
     assert proc.returncode != 0 and "cfg.task.label_dir" in proc.stderr and not out.exists()
 
 
+@pytest.mark.e2e
 def test_valid_stock_checkpoints_still_load(stock_hubert_run):
     state = checkpoints.load_checkpoint(stock_hubert_run / "ckpt" / "checkpoint_last.pt")
-    assert parse_literal(state["cfg"]["model"]["conv_feature_layers"]) == eval(testing.TINY_CONV.strip("'"))
+    assert parse_literal(state["cfg"]["model"]["conv_feature_layers"]) == eval(TINY_CONV.strip("'"))
 
 
 def test_a_command_line_layout_with_code_is_refused_by_k2ssl_hubert(marker):
@@ -254,6 +262,7 @@ class _RunsCode:
         return (Path.touch, (self.marker,))
 
 
+@pytest.mark.e2e
 def test_trust_of_one_file_in_one_thread_changes_no_other_load(stock_hubert_run, tmp_path, marker):
     clean = stock_hubert_run / "ckpt" / "checkpoint_last.pt"
     trusted = rewrite(clean, tmp_path / "trusted.pt", lambda s: s["extra_state"].update(payload=_Pauses()))

@@ -9,7 +9,7 @@ from fairseq import tasks
 from omegaconf import OmegaConf
 
 import k2ssl_fairseq.models.k2ssl_ctc  # noqa: F401  (registers k2ssl_ctc in this process)
-from k2ssl_fairseq.testing import write_zipformer_checkpoint
+from helpers import write_zipformer_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -16,7 +16,7 @@ from k2ssl_fairseq.data.dataset import BucketedAudioDataset, LabelSettings
 from k2ssl_fairseq.data.index import IndexSettings, InvalidInputError, LabelSource, build_index
 from k2ssl_fairseq.data.labels import load_labels, parse_labels
 from k2ssl_fairseq.data.manifest import ManifestError, read_manifest
-from k2ssl_fairseq.testing import make_tiny_corpus
+from k2ssl_fairseq.data.synthetic import make_tiny_corpus
 
 KM_SYMBOLS = ["<s>", "<pad>", "</s>", "<unk>"] + [str(k) for k in range(20)]
 

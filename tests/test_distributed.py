@@ -28,6 +28,8 @@ import numpy as np
 import pytest
 import torch
 
+pytestmark = pytest.mark.e2e
+
 THIS_FILE = Path(__file__).resolve()
 REPO = THIS_FILE.parent.parent
 PRESET_DIR = REPO / "config" / "pretrain"

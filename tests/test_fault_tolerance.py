@@ -33,11 +33,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
-from test_distributed import EVAL_ENCODER_ENV, PRESET_DIR, RECORD_IDS_ENV, REPO, THIS_FILE as LAUNCHER, train
+from test_distributed import EVAL_ENCODER_ENV, PRESET_DIR, RECORD_IDS_ENV, REPO, train
+from test_distributed import THIS_FILE as LAUNCHER
 
 from k2ssl_fairseq import checkpoints
 from k2ssl_fairseq.data.audio import AudioReadError
+
+pytestmark = pytest.mark.e2e
 
 MAX_UPDATE = 7
 SAVE_EVERY = 2

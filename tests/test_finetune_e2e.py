@@ -15,9 +15,11 @@ from fairseq import checkpoint_utils, tasks
 from omegaconf import OmegaConf
 
 import k2ssl_fairseq.models.k2ssl_ctc  # noqa: F401  (registers k2ssl_ctc in this process)
+from helpers import write_zipformer_checkpoint
 from k2ssl_fairseq import checkpoints
-from k2ssl_fairseq.testing import write_zipformer_checkpoint
-from k2ssl_fairseq.testing import hydra_train
+from k2ssl_fairseq.bench.common import hydra_train
+
+pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "decode_ctc.py"

@@ -12,10 +12,10 @@ import torch
 from fairseq import checkpoint_utils
 
 import k2ssl_fairseq  # noqa: F401
+from helpers import golden_dir
 from k2ssl_fairseq.checkpoints import CheckpointMismatchError
 from k2ssl_fairseq.conversion.icefall import import_icefall_checkpoint
 from k2ssl_fairseq.data.frames import parse_conv_layers
-from k2ssl_fairseq.testing import golden_dir
 
 GOLDEN = golden_dir()
 REPO = Path(__file__).resolve().parent.parent
@@ -40,6 +40,7 @@ def run_script(name: str, *args: str) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.e2e
 def test_round_trip_through_fairseq_loader(tmp_path, golden, icefall_checkpoint):
     icefall_path, fairseq_path, back_path = tmp_path / "icefall.pt", tmp_path / "fairseq.pt", tmp_path / "back.pt"
     torch.save(icefall_checkpoint, icefall_path)

@@ -12,12 +12,12 @@ from fairseq.models.hubert.hubert import HubertModel
 from fairseq.modules.multihead_attention import MultiheadAttention
 from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
 
+from helpers import assert_gradients_close
 from k2ssl_fairseq.conversion.hubert import pinned_stock_masks
 from k2ssl_fairseq.criterions.masked_prediction import MaskedPredictionCriterion
 from k2ssl_fairseq.data.frames import conv_frames
 from k2ssl_fairseq.data.masking import compute_span_mask
 from k2ssl_fairseq.models.k2ssl_hubert import K2sslHubertConfig, K2sslHubertModel, SdpaSelfAttention
-from k2ssl_fairseq.testing import assert_gradients_close
 
 TINY_CONV = "[(64,10,5)] + [(64,3,2)] * 4 + [(64,2,2)] * 2"
 TINY_CONV_LAYERS = ((64, 10, 5),) + ((64, 3, 2),) * 4 + ((64, 2, 2),) * 2

@@ -5,24 +5,35 @@ import sys
 import types
 from pathlib import Path
 
+import fairseq
 import joblib
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
-
-import fairseq
 from fairseq import tasks
 from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
+from omegaconf import OmegaConf
 
 from k2ssl_fairseq.data.audio import read_audio
 from k2ssl_fairseq.data.frames import conv_frames, label_frames
 from k2ssl_fairseq.data.manifest import read_manifest
-from k2ssl_fairseq.labels import (FeatureSpec, KaldiFeatureExtractor, LabelPipelineError, NearestCentroid,
-                                  check_lengths_match_manifest, dump_features, km_line_lengths, learn_kmeans,
-                                  load_centroids, make_labels, open_feature_shard, open_feature_shards,
-                                  sample_frames, write_shard_labels)
+from k2ssl_fairseq.data.synthetic import make_tiny_corpus
+from k2ssl_fairseq.labels import (
+    FeatureSpec,
+    KaldiFeatureExtractor,
+    LabelPipelineError,
+    NearestCentroid,
+    check_lengths_match_manifest,
+    dump_features,
+    km_line_lengths,
+    learn_kmeans,
+    load_centroids,
+    make_labels,
+    open_feature_shard,
+    open_feature_shards,
+    sample_frames,
+    write_shard_labels,
+)
 from k2ssl_fairseq.labels.cli import run_reporting_errors
-from k2ssl_fairseq.testing import make_tiny_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_CLUSTERS = 8

@@ -4,18 +4,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
-
 from fairseq import tasks
 from fairseq.models.hubert.hubert import HubertConfig
 from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
+from omegaconf import OmegaConf
 
 from k2ssl_fairseq.checkpoints import CheckpointMismatchError, CheckpointReadError
 from k2ssl_fairseq.data.audio import read_audio
 from k2ssl_fairseq.data.frames import conv_frames
 from k2ssl_fairseq.data.manifest import read_manifest
+from k2ssl_fairseq.data.synthetic import make_tiny_corpus
 from k2ssl_fairseq.labels import CheckpointLayerExtractor, FeatureSpec, make_labels
-from k2ssl_fairseq.testing import make_tiny_corpus
 
 EMBED_DIM = 32
 

@@ -11,11 +11,11 @@ from fairseq.criterions.hubert_criterion import HubertCriterion
 from fairseq.logging import metrics
 
 import k2ssl_fairseq  # noqa: F401
+from helpers import golden_dir
 from k2ssl_fairseq.conversion.icefall import model_config_from_hparams
 from k2ssl_fairseq.criterions.masked_prediction import MaskedPredictionCriterion, count_correct
 from k2ssl_fairseq.data.frames import conv_frames
 from k2ssl_fairseq.models.zipformer_ssl import ZipformerSslModel
-from k2ssl_fairseq.testing import golden_dir
 
 GOLDEN_JSON = golden_dir() / "zipformer_ssl_tiny_case1.json"
 TASK = SimpleNamespace()

@@ -17,12 +17,16 @@ from fairseq.models.hubert.hubert import HubertModel
 from torchaudio.models.wav2vec2.utils import import_fairseq_model
 
 import k2ssl_fairseq  # noqa: F401  (patches + registrations)
-from k2ssl_fairseq import testing
-from k2ssl_fairseq.testing import assert_gradients_close
+from helpers import assert_gradients_close
 from k2ssl_fairseq import checkpoints
+from k2ssl_fairseq.bench.common import hydra_train
+from k2ssl_fairseq.bench.stock import stock_hubert_tiny_overrides
 from k2ssl_fairseq.conversion import hubert as conversion
 from k2ssl_fairseq.data.masking import compute_span_mask
+from k2ssl_fairseq.data.synthetic import make_tiny_corpus
 from k2ssl_fairseq.models.k2ssl_hubert import K2sslHubertModel
+
+pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[1]
 STOCK_ENCODER_48 = ["++model.encoder_embed_dim=48"]
@@ -32,8 +36,8 @@ STOCK_ENCODER_48 = ["++model.encoder_embed_dim=48"]
 def stock_run(tmp_path_factory):
     """(data dir, stock checkpoint) from a 3-update stock HuBERT pre-training run."""
     root = tmp_path_factory.mktemp("stock_hubert")
-    data = testing.make_tiny_corpus(root / "data")
-    testing.hydra_train(testing.stock_hubert_tiny_overrides(data, max_update=3) + STOCK_ENCODER_48, root / "run")
+    data = make_tiny_corpus(root / "data")
+    hydra_train(stock_hubert_tiny_overrides(data, max_update=3) + STOCK_ENCODER_48, root / "run")
     return data, root / "run" / "ckpt" / "checkpoint_last.pt"
 
 
@@ -193,11 +197,11 @@ def test_continued_pretraining_of_the_migrated_checkpoint(stock_run, migrated, t
     """Model k2ssl_hubert, weights restored from the migrated file, optimizer and schedule fresh."""
     data, _ = stock_run
     _, k2ssl_path, _ = migrated
-    overrides = testing.stock_hubert_tiny_overrides(data, max_update=2) + STOCK_ENCODER_48 + [
+    overrides = stock_hubert_tiny_overrides(data, max_update=2) + STOCK_ENCODER_48 + [
         "model._name=k2ssl_hubert", f"checkpoint.restore_file={k2ssl_path}", "checkpoint.reset_optimizer=true",
         "checkpoint.reset_dataloader=true", "checkpoint.reset_meters=true", "checkpoint.reset_lr_scheduler=true",
     ] + CONTINUATION_RECIPES[recipe]
-    testing.hydra_train(overrides, tmp_path / "run")
+    hydra_train(overrides, tmp_path / "run")
     log = (tmp_path / "run" / "train.log").read_text()
     assert f"Loaded checkpoint {k2ssl_path}" in log
     assert log.count("train_inner") >= 2

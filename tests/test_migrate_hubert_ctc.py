@@ -2,7 +2,7 @@
 
 The pre-training checkpoint comes from a 2-update stock ``fairseq-hydra-train`` run; the fine-tuned
 one is fairseq's own ``HubertCtc`` built from it and saved in the trainer's layout
-(``testing.stock_hubert_ctc_checkpoint``: stock fairseq cannot run hubert_ctc fine-tuning itself).
+(``stock_hubert_ctc_checkpoint``: stock fairseq cannot run hubert_ctc fine-tuning itself).
 """
 import json
 import shutil
@@ -15,11 +15,16 @@ import torch
 from fairseq import checkpoint_utils
 
 import k2ssl_fairseq  # noqa: F401  (patches + registrations)
-from k2ssl_fairseq import testing
-from k2ssl_fairseq.conversion import hubert_ctc
+from helpers import stock_hubert_ctc_checkpoint
+from k2ssl_fairseq.bench.common import hydra_train
+from k2ssl_fairseq.bench.stock import stock_hubert_tiny_overrides
 from k2ssl_fairseq.checkpoints import CheckpointMismatchError
 from k2ssl_fairseq.checkpoints import read_fairseq_checkpoint as read_checkpoint
+from k2ssl_fairseq.conversion import hubert_ctc
+from k2ssl_fairseq.data.synthetic import make_tiny_corpus
 from k2ssl_fairseq.models.k2ssl_ctc import K2sslCtcModel
+
+pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,11 +33,11 @@ REPO = Path(__file__).resolve().parents[1]
 def stock_ctc(tmp_path_factory):
     """(data dir, pre-training checkpoint, fine-tuned hubert_ctc checkpoint)."""
     root = tmp_path_factory.mktemp("stock_ctc")
-    data = testing.make_tiny_corpus(root / "data")
-    testing.hydra_train(testing.stock_hubert_tiny_overrides(data, max_update=2) + ["++model.encoder_embed_dim=48"],
+    data = make_tiny_corpus(root / "data")
+    hydra_train(stock_hubert_tiny_overrides(data, max_update=2) + ["++model.encoder_embed_dim=48"],
                         root / "pt")
     pretrained = root / "pt" / "ckpt" / "checkpoint_last.pt"
-    return data, pretrained, testing.stock_hubert_ctc_checkpoint(pretrained, data, root / "ft" / "hubert_ctc.pt")
+    return data, pretrained, stock_hubert_ctc_checkpoint(pretrained, data, root / "ft" / "hubert_ctc.pt")
 
 
 def test_conversion_keeps_every_tensor_and_the_fine_tuning_settings(stock_ctc, tmp_path):

@@ -13,10 +13,15 @@ layer-drop (numpy's global RNG) is off, as are all dropouts.
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
+from k2ssl_fairseq.bench.common import hydra_train
+from k2ssl_fairseq.bench.stock import TINY_CONV, stock_hubert_tiny_overrides
 from k2ssl_fairseq.checkpoints import load_checkpoint
-from k2ssl_fairseq.testing import TINY_CONV, hydra_train, make_tiny_corpus, stock_hubert_tiny_overrides
+from k2ssl_fairseq.data.synthetic import make_tiny_corpus
+
+pytestmark = pytest.mark.e2e
 
 # The switch documented in docs/optim.md for fairseq's HuBERT / wav2vec2 pre-training yamls.
 SWITCH_TO_SCALED_ADAM_EDEN = [

@@ -9,8 +9,9 @@ import torch
 from fairseq import checkpoint_utils
 
 from k2ssl_fairseq import checkpoints, patches
+from k2ssl_fairseq.bench.common import hydra_train
+from k2ssl_fairseq.bench.stock import stock_hubert_tiny_overrides
 from k2ssl_fairseq.patches import checkpoint_loading
-from k2ssl_fairseq.testing import hydra_train, stock_hubert_tiny_overrides
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -40,26 +41,46 @@ def test_every_patch_is_in_the_readme_table():
     assert "K2SSL_PATCHES" in table
 
 
-def test_without_checkpoint_loading_fairseq_cannot_read_its_checkpoints_on_this_torch(stock_hubert_run):
-    path = stock_hubert_run / "ckpt" / "checkpoint_last.pt"
+@pytest.mark.e2e
+def test_without_checkpoint_loading_configs_reach_fairseq_unchecked(stock_hubert_run, tmp_path):
+    """What the patch adds: with it off, fairseq still reads its checkpoints (the allowlist is not a
+    patch), but a config string meant for ``eval`` comes back unchecked."""
+    state = torch.load(stock_hubert_run / "ckpt" / "checkpoint_last.pt", weights_only=True)
+    state["cfg"]["model"]["conv_feature_layers"] = "__import__('os').getpid() and [(64, 10, 5)]"
+    path = tmp_path / "code_in_config.pt"
+    torch.save(state, path)
     try:
         patches.apply(f"-{checkpoint_loading.NAME}")
         assert checkpoint_utils.torch is torch
-        with pytest.raises(Exception, match="Weights only load failed|Unsupported global"):
-            checkpoint_utils.load_checkpoint_to_cpu(str(path))
+        loaded = checkpoint_utils.load_checkpoint_to_cpu(str(path))
+        assert loaded["cfg"]["model"]["conv_feature_layers"].startswith("__import__")
     finally:
         patches.apply("")
-    assert checkpoints.load_checkpoint(path)["cfg"].model._name == "hubert"
+    with pytest.raises(checkpoints.UntrustedCheckpointError, match="cfg.model.conv_feature_layers"):
+        checkpoint_utils.load_checkpoint_to_cpu(str(path))
 
 
-@pytest.mark.parametrize("spec", ["", "-all"])
-def test_training_announces_the_active_patches_and_runs_with_all_off(tiny_corpus, tmp_path, spec):
-    proc = hydra_train(stock_hubert_tiny_overrides(tiny_corpus, max_update=2), tmp_path / "run",
-                       env={patches.PATCHES_ENV: spec})
+@pytest.mark.e2e
+def test_a_run_announces_its_patches_and_clears_stale_checkpoint_temporaries(tiny_corpus, tmp_path):
+    save_dir = tmp_path / "run" / "ckpt"
+    save_dir.mkdir(parents=True)
+    stale = save_dir / ".checkpoint_last.pt.k2j_8x0q.tmp"  # what a SIGKILL during a save leaves
+    stale.write_bytes(b"\0" * 4096)
+    unrelated = [save_dir / "notes.tmp", save_dir / ".checkpoint_last.pt.tmp.keep", save_dir / "checkpoint.pt.x.tmp"]
+    for path in unrelated:
+        path.write_text("not ours")
+    proc = hydra_train(stock_hubert_tiny_overrides(tiny_corpus, max_update=2), tmp_path / "run")
     log = proc.stdout + proc.stderr
-    line = next(line for line in log.splitlines() if "k2ssl_fairseq patches fairseq:" in line)
-    if spec:
-        assert "patches fairseq: nothing (off: checkpoint_loading, atomic_checkpoints, nonfinite_skips)" in line
-    else:
-        assert "patches fairseq: checkpoint_loading, atomic_checkpoints, nonfinite_skips;" in line
+    assert "k2ssl_fairseq patches fairseq: checkpoint_loading, atomic_checkpoints, nonfinite_skips;" in log
+    assert not stale.exists() and f"removed {stale}" in log
+    assert all(path.exists() for path in unrelated)
+    assert '"num_updates": "2"' in log
+
+
+@pytest.mark.e2e
+def test_a_run_with_every_patch_off_trains_and_says_so(tiny_corpus, tmp_path):
+    proc = hydra_train(stock_hubert_tiny_overrides(tiny_corpus, max_update=2), tmp_path / "run",
+                       env={patches.PATCHES_ENV: "none"})
+    log = proc.stdout + proc.stderr
+    assert "patches fairseq: nothing (off: checkpoint_loading, atomic_checkpoints, nonfinite_skips)" in log
     assert '"num_updates": "2"' in log

@@ -4,7 +4,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from k2ssl_fairseq.testing import PLUGIN_DIR
+import pytest
+
+from k2ssl_fairseq.bench.common import PLUGIN_DIR
+
+pytestmark = pytest.mark.e2e
 
 PLUGIN_NAMES = {
     "model": ["zipformer_ssl", "k2ssl_hubert", "k2ssl_ctc"],

@@ -20,8 +20,8 @@ from omegaconf import OmegaConf, open_dict
 
 import k2ssl_fairseq
 from k2ssl_fairseq import checkpoints, patches
+from k2ssl_fairseq.bench.common import PLUGIN_DIR
 from k2ssl_fairseq.patches import atomic_checkpoints, nonfinite_skips, wrapping
-from k2ssl_fairseq.testing import PLUGIN_DIR
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "config" / "pretrain"
 

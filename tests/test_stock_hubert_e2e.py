@@ -5,9 +5,13 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 import torch
 
-from k2ssl_fairseq.testing import hydra_train, stock_hubert_tiny_overrides
+from k2ssl_fairseq.bench.common import hydra_train
+from k2ssl_fairseq.bench.stock import stock_hubert_tiny_overrides
+
+pytestmark = pytest.mark.e2e
 
 
 def _updates_logged(log: str) -> list:
@@ -35,8 +39,9 @@ def test_train_resume_and_load_without_env_vars(tiny_corpus: Path, stock_hubert_
     assert "Loaded checkpoint" in log and "@ 4 updates" in log
     assert _updates_logged(log) == [5, 6]
 
-    import k2ssl_fairseq  # noqa: F401
     from fairseq import checkpoint_utils
+
+    import k2ssl_fairseq  # noqa: F401
 
     models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(resumed / "ckpt" / "checkpoint_last.pt")])
     assert type(models[0]).__name__ == "HubertModel"

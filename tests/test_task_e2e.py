@@ -6,7 +6,12 @@ import json
 from pathlib import Path
 from typing import Dict, List
 
-from k2ssl_fairseq.testing import hydra_train, stock_hubert_tiny_overrides
+import pytest
+
+from k2ssl_fairseq.bench.common import hydra_train
+from k2ssl_fairseq.bench.stock import stock_hubert_tiny_overrides
+
+pytestmark = pytest.mark.e2e
 
 
 def _train_inner(log: str) -> List[Dict[str, str]]:

@@ -13,9 +13,13 @@ from fairseq.logging import metrics
 from k2ssl_fairseq.data.audio import AudioReadError, read_audio
 from k2ssl_fairseq.data.dataset import MaskSettings
 from k2ssl_fairseq.data.frames import conv_frames
-from k2ssl_fairseq.tasks.k2ssl_pretraining import (K2sslFinetuningConfig, K2sslFinetuningTask,
-                                                   K2sslPretrainingConfig, K2sslPretrainingTask)
-from k2ssl_fairseq.testing import make_tiny_corpus
+from k2ssl_fairseq.data.synthetic import make_tiny_corpus
+from k2ssl_fairseq.tasks.k2ssl_pretraining import (
+    K2sslFinetuningConfig,
+    K2sslFinetuningTask,
+    K2sslPretrainingConfig,
+    K2sslPretrainingTask,
+)
 
 
 @pytest.fixture(scope="module")

@@ -14,15 +14,15 @@ from fairseq import checkpoint_utils
 from omegaconf import OmegaConf
 
 import k2ssl_fairseq  # noqa: F401
+from k2ssl_fairseq.bench.common import hydra_train
 from k2ssl_fairseq.criterions.masked_prediction import MaskedPredictionCriterion
 from k2ssl_fairseq.models.zipformer import ScheduledFloat
 from k2ssl_fairseq.models.zipformer_ssl import ZipformerSslConfig, ZipformerSslModel
-from k2ssl_fairseq.testing import hydra_train
 
 TINY_PRESET = Path(__file__).resolve().parent.parent / "config" / "pretrain" / "zipformer_tiny.yaml"
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.e2e]
 
 
 def tiny_model(num_classes: int = 24, **overrides) -> ZipformerSslModel:

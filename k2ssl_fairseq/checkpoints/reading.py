@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import contextvars
-import functools
 import os
 import pickle
 from pathlib import Path
@@ -70,10 +69,9 @@ def checkpoint_globals() -> List[Any]:
     return _fairseq_globals() + [argparse.Namespace] + _numpy_scalar_globals()
 
 
-@functools.lru_cache(maxsize=None)
 def register_allowlist() -> None:
-    """Allow :func:`checkpoint_globals` in torch's restricted unpickler (process-wide, once; these
-    classes rebuild plain data and run nothing)."""
+    """Allow :func:`checkpoint_globals` in torch's restricted unpickler, process-wide (importing the
+    plugin does it): these classes rebuild plain data and run nothing."""
     torch.serialization.add_safe_globals(checkpoint_globals())
 
 
@@ -117,7 +115,6 @@ def torch_load(file: PathOrFile, **kwargs: Any) -> Any:
     fairseq's ``checkpoint_utils`` calls this for every ``torch.load`` (see ``patches.checkpoint_loading``), so resume,
     ``load_model_ensemble_and_task`` and fine-tuning from ``w2v_path`` follow the same rules.
     """
-    register_allowlist()
     path = _file_path(file)
     kwargs["weights_only"] = not is_trusted(path)
     kwargs.setdefault("map_location", "cpu")

@@ -35,8 +35,15 @@ import torch
 import torch.nn.functional as F
 from fairseq.models.hubert import hubert as stock_hubert
 
-from ..checkpoints import (PLUGIN_HUBERT, STOCK_HUBERT, CheckpointMismatchError, as_plugin_hubert, as_stock_hubert,
-                           build_model, read_fairseq_checkpoint)
+from ..checkpoints import (
+    PLUGIN_HUBERT,
+    STOCK_HUBERT,
+    CheckpointMismatchError,
+    as_plugin_hubert,
+    as_stock_hubert,
+    build_model,
+    read_fairseq_checkpoint,
+)
 from ..data.masking import compute_span_mask
 from ..models.k2ssl_hubert import K2sslHubertModel
 

@@ -29,8 +29,13 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import torch
 from omegaconf import OmegaConf
 
-from ..checkpoints import (CheckpointMismatchError, EncoderRecord, as_plugin_hubert, check_state_dict,
-                           read_fairseq_checkpoint)
+from ..checkpoints import (
+    CheckpointMismatchError,
+    EncoderRecord,
+    as_plugin_hubert,
+    check_state_dict,
+    read_fairseq_checkpoint,
+)
 from ..models.k2ssl_ctc import K2sslCtcConfig, K2sslCtcModel, build_encoder
 from .hubert import PLUGIN_MODEL, STOCK_MODEL, reset_machine_paths
 

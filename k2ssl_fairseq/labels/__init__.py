@@ -7,16 +7,28 @@ k-means on a memory-mapped sample), ``assign`` (nearest-centroid labels, ``.km``
 checks against the manifest), ``pipeline`` (the recipe for a corpus). The ``scripts/`` CLIs are thin
 wrappers around these.
 """
-from .assign import (NearestCentroid, check_lengths_match_manifest, km_line_lengths, label_shard_path,
-                     merge_label_shards, write_km_dictionary, write_shard_labels)
+from .assign import (
+    NearestCentroid,
+    check_lengths_match_manifest,
+    km_line_lengths,
+    label_shard_path,
+    merge_label_shards,
+    write_km_dictionary,
+    write_shard_labels,
+)
 from .checkpoint_features import CheckpointLayerExtractor, load_feature_model
 from .dump import dump_features
 from .kaldi_features import KaldiFeatureExtractor
-from .kmeans import (KmeansResult, export_sklearn_model, learn_kmeans, load_centroids, sample_frames,
-                     save_centroids)
+from .kmeans import KmeansResult, export_sklearn_model, learn_kmeans, load_centroids, sample_frames, save_centroids
 from .pipeline import FeatureSpec, build_extractor, make_labels
-from .shards import (FeatureShard, FeatureShardWriter, LabelPipelineError, open_feature_shard,
-                     open_feature_shards, shard_range)
+from .shards import (
+    FeatureShard,
+    FeatureShardWriter,
+    LabelPipelineError,
+    open_feature_shard,
+    open_feature_shards,
+    shard_range,
+)
 
 __all__ = [
     "CheckpointLayerExtractor", "FeatureShard", "FeatureShardWriter", "FeatureSpec",

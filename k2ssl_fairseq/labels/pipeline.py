@@ -11,8 +11,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence
 
-from .assign import (NearestCentroid, check_lengths_match_manifest, km_line_lengths, label_shard_path,
-                     merge_label_shards, write_km_dictionary, write_shard_labels)
+from .assign import (
+    NearestCentroid,
+    check_lengths_match_manifest,
+    km_line_lengths,
+    label_shard_path,
+    merge_label_shards,
+    write_km_dictionary,
+    write_shard_labels,
+)
 from .checkpoint_features import CheckpointLayerExtractor
 from .dump import FeatureExtractor, dump_features
 from .kaldi_features import KaldiFeatureExtractor

@@ -2,11 +2,13 @@
 
 What it changes: fairseq's ``checkpoint_utils`` module gets a ``torch`` whose ``load`` is
 ``checkpoints.torch_load`` (every other attribute is torch's own): restricted unpickling with the
-allowlist of what fairseq checkpoints hold, unless that very file is trusted. Why: torch >= 2.6 refuses fairseq checkpoints
-by default (they pickle fairseq's ``Dictionary``), so resume, ``load_model_ensemble_and_task`` and
-fine-tuning from ``w2v_path`` fail; this keeps the restricted loader, adds the config checks and
-clear errors, and trust per file. Off: fairseq's own ``torch.load`` (restricted by torch's default,
-so fairseq checkpoints fail to load on torch >= 2.6).
+allowlist of what fairseq checkpoints hold, unless that very file is trusted. Why: configs in files are data: before fairseq
+builds anything from a checkpoint (resume, ``load_model_ensemble_and_task``, fine-tuning from
+``w2v_path``), strings it would ``eval`` must be plain literals and resolver interpolations are
+refused; a file the user trusts is fully unpickled for that file only; unreadable and refused files
+get errors that name them. Off: fairseq's own ``torch.load`` (torch's restricted loader with the
+plugin's allowlist, which importing the plugin registers): fairseq checkpoints load, but their
+configs are not checked, trust opt-ins do not apply and errors are torch's.
 """
 from __future__ import annotations
 

@@ -16,12 +16,9 @@ Outputs ``DIR/benchmark.json`` (one record per system, fields of DESIGN.md), ``D
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import resource
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -34,9 +31,9 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .testing import PLUGIN_DIR, TINY_CONV, stock_hubert_config_dir
+from .common import REPO_DIR, provenance
+from .stock import stock_hubert_config_dir, tiny_hubert_model_overrides
 
-REPO_DIR = PLUGIN_DIR.parent
 SYSTEMS = ("stock_hubert", "k2ssl_hubert_cosine", "k2ssl_hubert_linear", "zipformer_ssl")
 #: Per-GPU audio per update of each recipe: fairseq HuBERT Base 1.4M samples, k2SSL Zipformer Base 600 s.
 RECIPE_SECONDS = {"stock_hubert": 87.5, "k2ssl_hubert_cosine": 87.5, "k2ssl_hubert_linear": 87.5,
@@ -59,12 +56,6 @@ class RunSpec:
 
 def _hubert_yaml(size: str) -> str:
     return "hubert_large_librivox" if size == "large" else "hubert_base_librispeech"
-
-
-def _tiny_hubert_overrides() -> List[str]:
-    return ["+model.encoder_layers=2", "+model.encoder_embed_dim=64", "+model.encoder_ffn_embed_dim=128",
-            "+model.encoder_attention_heads=2", "model.final_dim=32", f"model.conv_feature_layers={TINY_CONV}",
-            "+model.conv_pos=16", "+model.conv_pos_groups=4"]
 
 
 def precision(system: str, device: str) -> str:
@@ -95,7 +86,7 @@ def run_spec(system: str, size: str, data: Path, label_dir: Path, seconds_per_ba
     if system == "zipformer_ssl":
         return RunSpec(system, size, REPO_DIR / "config" / "pretrain", f"zipformer_{size}",
                        common + ["task._name=k2ssl_pretraining", f"++task.max_duration={seconds}"], updates, warmup)
-    overrides = common + ["model.label_rate=50"] + (_tiny_hubert_overrides() if size == "tiny" else [])
+    overrides = common + ["model.label_rate=50"] + (tiny_hubert_model_overrides() if size == "tiny" else [])
     if system == "stock_hubert":
         overrides.append(f"dataset.max_tokens={int(seconds * 16000)}")
     else:
@@ -193,7 +184,7 @@ def _measure(cfg: Any) -> None:
     }))
 
 
-def _summarize(spec: RunSpec, raw: Dict[str, Any], device: str, command: str, sample_rate: int = 16000) -> Dict[str, Any]:
+def _summarize(spec: RunSpec, raw: Dict[str, Any], device: str, sample_rate: int = 16000) -> Dict[str, Any]:
     timed = raw["steps"][spec.warmup:]
     fed = np.array([s["fed"] for s in timed], dtype=np.float64)
     step_s = np.array([s["step_s"] for s in timed])
@@ -211,38 +202,11 @@ def _summarize(spec: RunSpec, raw: Dict[str, Any], device: str, command: str, sa
         "padding_fraction": float((tensor - fed.sum()) / max(tensor, 1)),
         "loss_curve": [[float(h), float(s["loss"])] for h, s in zip(audio_seen, raw["steps"])],
         "timed_updates": len(timed), "median_step_seconds": float(np.median(step_s)),
-        "command": command, "git_commit": git_commit(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-        "machine": _machine(device),
+        **provenance(device),
     }
 
 
-def git_commit() -> str:
-    """The checkout's commit for a results file, marked ``+uncommitted`` when the tree has changes."""
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_DIR, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO_DIR, capture_output=True, text=True).stdout
-    return (head or "unknown") + ("+uncommitted" if dirty.strip() else "")
-
-
-def provenance(script: str, argv: Sequence[str]) -> Dict[str, Any]:
-    """What a benchmark results file records about its run: command, commit, date, machine, load."""
-    import psutil
-
-    return {
-        "command": " ".join(["python", script, *argv]), "git_commit": git_commit(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()} {psutil.cpu_count()} CPUs {psutil.virtual_memory().total / 2**30:.0f} GiB, "
-                   f"torch {torch.__version__}",
-        "load_average": list(psutil.getloadavg()),
-    }
-
-
-def _machine(device: str) -> str:
-    if device == "cuda" and torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)}; {os.cpu_count()} CPU cores"
-    return f"{platform.processor() or platform.machine()}; {os.cpu_count()} CPU cores; torch {torch.__version__}"
-
-
-def run_system(spec: RunSpec, device: str, work: Path, command: str) -> Dict[str, Any]:
+def run_system(spec: RunSpec, device: str, work: Path) -> Dict[str, Any]:
     """Run one system in a fresh process and summarise its measurements.
 
     Raises:
@@ -252,7 +216,7 @@ def run_system(spec: RunSpec, device: str, work: Path, command: str) -> Dict[str
     result = work / f"{spec.system}.json"
     env = dict(os.environ, **{_RESULT_ENV: str(result), _RESULT_ENV + "_SPEC": json.dumps(
         {"system": spec.system, "updates": spec.updates, "warmup": spec.warmup})})
-    cmd = [sys.executable, "-m", "k2ssl_fairseq.benchmark", "--worker", "--config-dir", str(spec.config_dir),
+    cmd = [sys.executable, "-m", "k2ssl_fairseq.bench.ab", "--worker", "--config-dir", str(spec.config_dir),
            "--config-name", spec.config_name, f"hydra.run.dir={work / spec.system}", *spec.overrides]
     log_lines: List[str] = []
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
@@ -263,7 +227,7 @@ def run_system(spec: RunSpec, device: str, work: Path, command: str) -> Dict[str
     (work / f"{spec.system}.log").write_text("".join(log_lines))
     if proc.returncode != 0 or not result.is_file():
         raise RuntimeError(f"benchmark of {spec.system} failed ({proc.returncode}):\n{''.join(log_lines[-60:])}")
-    return _summarize(spec, json.loads(result.read_text()), device, command)
+    return _summarize(spec, json.loads(result.read_text()), device)
 
 
 def write_reports(records: List[Dict[str, Any]], out: Path) -> None:
@@ -319,8 +283,9 @@ def _plots(records: List[Dict[str, Any]], out: Path) -> None:
 
 
 def _worker(argv: Sequence[str]) -> None:
-    import k2ssl_fairseq  # noqa: F401  (plugin registered before composition, as k2ssl-hydra-train does)
     import fairseq_cli.hydra_train as hydra_train
+
+    import k2ssl_fairseq  # noqa: F401  (plugin registered before composition, as k2ssl-hydra-train does)
 
     hydra_train.pre_main = _measure
     sys.argv = ["fairseq-hydra-train", *argv]
@@ -348,13 +313,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         help="per-system logs and hydra run folders (default: a temporary folder)")
     args = parser.parse_args(argv)
     work = (args.work_dir or Path(tempfile.mkdtemp(prefix="k2ssl_benchmark_"))).resolve()
-    command = "python scripts/benchmark.py " + " ".join(shlex.quote(a) for a in argv)
     records = []
     for i, system in enumerate(args.systems, 1):
         print(f"[{i}/{len(args.systems)}] {system} ({args.size}, {args.device})", flush=True)
         spec = run_spec(system, args.size, args.data.resolve(), args.label_dir.resolve(), args.seconds_per_batch,
                         args.device, args.updates, args.warmup, args.train_subset)
-        records.append(run_system(spec, args.device, work, command))
+        records.append(run_system(spec, args.device, work))
     write_reports(records, args.out)
     print((args.out / "benchmark.md").read_text())
 
