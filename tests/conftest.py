@@ -1,14 +1,21 @@
 """Session-wide fixtures: one tiny corpus and one stock-HuBERT checkpoint shared by all tests."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
 
 from k2ssl_fairseq.bench.common import hydra_train
 from k2ssl_fairseq.bench.stock import stock_hubert_tiny_overrides
 from k2ssl_fairseq.data.synthetic import make_tiny_corpus
+
+# Fuzz tests: the same 300 inputs on every CI run; HYPOTHESIS_PROFILE=explore draws 3000 new ones.
+settings.register_profile("ci", max_examples=300, derandomize=True)
+settings.register_profile("explore", max_examples=3000, derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")

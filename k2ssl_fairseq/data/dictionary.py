@@ -56,8 +56,10 @@ def _parse_line(line: str, where: str) -> Tuple[str, int, bool]:
     overwrite = len(fields) == 2 and fields[1] == OVERWRITE_FLAG
     if overwrite:
         fields = fields[0].rsplit(" ", 1)
-    if len(fields) != 2 or not fields[0]:
+    if len(fields) != 2:
         raise DictionaryError(f"{where}: expected '<symbol> <count>' [{OVERWRITE_FLAG}], got {line!r}")
+    if not fields[0]:  # fairseq would add "" as a symbol, which no whitespace-split label can ever be
+        raise DictionaryError(f"{where}: empty symbol in {line!r}")
     symbol, count = fields
     if not _COUNT.fullmatch(count):
         raise DictionaryError(f"{where}: count {count!r} of symbol {symbol!r} is not an integer")
