@@ -5,11 +5,11 @@ one-process run with ``update_freq=2``: the bucketed task plans the same batches
 (the test picks a batch budget whose plan has an even batch count, so planning for 2 shards
 splits nothing), rank r takes batches r, r+2, ..., and ``update_freq=2`` groups batches (0, 1),
 (2, 3), ..., so every update sees the same two batches. The optimizer is ScaledAdam + Eden with
-clipping that bites, which must act on the all-reduced gradient. Masks are kept on: they are
-drawn in the data path from (seed, epoch, batch index), hence identical in both runs. What must go
-is the model's own randomness, drawn from per-process RNG streams: ``model.dropout_input=0`` and
-the Zipformer encoder held in eval mode (no random layer/bypass skips, feature masks,
-balancer/whitening draws or dropout; gradients still flow) by the launcher below.
+clipping that bites, which must act on the all-reduced gradient. The model trains in full
+training mode: masks are drawn in the data path from (seed, epoch, batch index); the model's own
+randomness (dropout, layer and module skips, feature masks, Balancer/Whiten draws) is seeded per
+batch by the task from (seed, update, the batch's utterances); the Whiten modules' adaptive
+probabilities follow whole updates, combined over ranks. So both runs draw the same numbers.
 
 Run as a script (``torchrun ... tests/test_distributed.py <hydra args>``) this file is that
 launcher: ``k2ssl-hydra-train`` with test instrumentation switched on by environment variables.
@@ -34,7 +34,6 @@ THIS_FILE = Path(__file__).resolve()
 REPO = THIS_FILE.parent.parent
 PRESET_DIR = REPO / "config" / "pretrain"
 RECORD_IDS_ENV = "K2SSL_TEST_RECORD_IDS_DIR"
-EVAL_ENCODER_ENV = "K2SSL_TEST_EVAL_ENCODER"
 NUM_UPDATES = 4
 
 
@@ -54,29 +53,12 @@ def _record_sample_ids(directory: str) -> None:
     K2sslPretrainingTask.train_step = train_step
 
 
-def _hold_encoder_in_eval_mode() -> None:
-    """Keep ``model.encoder`` in eval mode whatever the trainer asks (see the module docstring)."""
-    from k2ssl_fairseq.tasks.k2ssl_pretraining import K2sslPretrainingTask
-
-    original = K2sslPretrainingTask.build_model
-
-    def build_model(self, cfg, from_checkpoint=False):
-        model = original(self, cfg, from_checkpoint)
-        encoder = model.encoder
-        encoder.train = lambda mode=True: torch.nn.Module.train(encoder, False)
-        return model
-
-    K2sslPretrainingTask.build_model = build_model
-
-
 def _launch() -> None:
     import k2ssl_fairseq  # noqa: F401
     from k2ssl_fairseq.cli import hydra_train
 
     if os.environ.get(RECORD_IDS_ENV):
         _record_sample_ids(os.environ[RECORD_IDS_ENV])
-    if os.environ.get(EVAL_ENCODER_ENV):
-        _hold_encoder_in_eval_mode()
     hydra_train()
 
 
@@ -113,7 +95,16 @@ def parameters(run_dir: Path, name: str = "checkpoint_last.pt", updates: int = N
 
     state = checkpoints.load_checkpoint(run_dir / "ckpt" / name)
     assert state["optimizer_history"][-1]["num_updates"] == updates
-    return {k: v.double() for k, v in state["model"].items() if v.is_floating_point()}
+    return {k: v.double() for k, v in state["model"].items() if v.is_floating_point() and "_extra_state" not in k}
+
+
+def whitening_probabilities(run_dir: Path) -> Dict[str, float]:
+    """Each Whiten module's application probability saved in ``checkpoint_last.pt`` (the first entry
+    of its extra state; the second, the current update's own findings, is per rank until it closes)."""
+    from k2ssl_fairseq import checkpoints
+
+    state = checkpoints.load_checkpoint(run_dir / "ckpt" / "checkpoint_last.pt")["model"]
+    return {k: float(v[0]) for k, v in state.items() if k.endswith("._extra_state")}
 
 
 def relative_difference(a: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor]) -> float:
@@ -169,15 +160,15 @@ def test_two_ranks_equal_one_process_with_update_freq_2(tiny_corpus: Path, tmp_p
     # would break the equality.
     common = [f"task.data={tiny_corpus}", f"task.label_dir={tiny_corpus}",
               f"task.max_duration={comparable_max_duration(tiny_corpus)}", f"optimization.max_update={NUM_UPDATES}",
-              "model.dropout_input=0.0", "checkpoint.save_interval_updates=1", "optimization.lr=[0.01]",
+              "checkpoint.save_interval_updates=1", "optimization.lr=[0.01]",
               "++optimizer.clipping_update_period=2", "++optimizer.clipping_scale=0.5"]
     two_dir, one_dir = tmp_path / "two_ranks", tmp_path / "one_process"
     two_log = train(two_dir, [*common, "distributed_training.distributed_backend=gloo",
                               "distributed_training.ddp_backend=legacy_ddp"],
-                    nproc=2, env={RECORD_IDS_ENV: str(two_dir), EVAL_ENCODER_ENV: "1"})
+                    nproc=2, env={RECORD_IDS_ENV: str(two_dir)})
     assert "distributed init (rank 0): env://" in two_log and "distributed init (rank 1): env://" in two_log
     one_log = train(one_dir, [*common, "optimization.update_freq=[2]"],
-                    env={RECORD_IDS_ENV: str(one_dir), EVAL_ENCODER_ENV: "1"})
+                    env={RECORD_IDS_ENV: str(one_dir)})
     for log in (two_log, one_log):
         clipped = [float(record.get("scaled_adam_clipped", 0)) for record in train_inner_records(log)]
         assert len(clipped) == NUM_UPDATES and any(clipped), f"ScaledAdam never clipped: {clipped}"
@@ -193,7 +184,10 @@ def test_two_ranks_equal_one_process_with_update_freq_2(tiny_corpus: Path, tmp_p
     assert relative_difference(parameters(two_dir, "checkpoint_1_1.pt", 1), two_ranks) > 1e-3, "no training"
     difference = relative_difference(two_ranks, parameters(one_dir))
     print(f"max relative parameter difference, 2 ranks vs update_freq=2: {difference:.3e}")
-    assert difference <= 1e-4
+    assert difference == 0.0
+    probabilities = whitening_probabilities(two_dir)
+    assert probabilities == whitening_probabilities(one_dir)
+    assert len(set(probabilities.values())) == 2, "the Whiten probabilities never adapted"
 
 
 if __name__ == "__main__":

@@ -3,17 +3,11 @@
 Kill-and-resume trains zipformer_tiny with ScaledAdam + Eden, input dropout and the data path's
 random crops and masks, kills the process at a random update after its first checkpoint,
 restarts the same command, and demands the data, the final parameters and the optimizer state of
-an uninterrupted run, bit for bit: fairseq reseeds torch from (seed, update) every step, the
-bucketed plan is a pure function of (seed, epoch), and the checkpoint carries the iterator
-position and the optimizer and scheduler states.
-
-The Zipformer encoder is held in eval mode (the launcher in ``test_distributed.py``): its
-``Whiten`` modules switch their application probability between ``min_prob`` and ``max_prob``
-after every backward pass, and that switch is plain module state outside ``state_dict()``, so a
-resumed run restarts every ``Whiten`` at ``max_prob`` and drifts (measured after 3 resumed updates:
-6e-8 absolute with ScaledAdam, 4e-4 with Adam). With that switch persisted through
-``get_extra_state``/``set_extra_state`` (proposed to the model's owner) the same test in full
-training mode was measured bit-exact, so this hold can then go.
+an uninterrupted run, bit for bit, with the Zipformer in full training mode (dropout, layer and
+module skips, feature masks, Balancer/Whiten draws): the task seeds the model's randomness from
+(seed, update, the batch's utterances), the bucketed plan is a pure function of (seed, epoch), the
+schedules' batch count is a function of the update count, and the checkpoint carries the iterator
+position, the optimizer and scheduler states and the Whiten modules' adaptive state.
 """
 from __future__ import annotations
 
@@ -33,7 +27,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from test_distributed import EVAL_ENCODER_ENV, PRESET_DIR, RECORD_IDS_ENV, REPO, train
+from test_distributed import PRESET_DIR, RECORD_IDS_ENV, REPO, train
 from test_distributed import THIS_FILE as LAUNCHER
 
 from k2ssl_fairseq import checkpoints
@@ -59,8 +53,7 @@ def train_until_killed(run_dir: Path, overrides: List[str], kill_after_update: i
     cmd = [sys.executable, str(LAUNCHER), "--config-dir", str(PRESET_DIR), "--config-name", "zipformer_tiny",
            f"hydra.run.dir={run_dir}", f"checkpoint.save_dir={run_dir / 'ckpt'}",
            f"common.user_dir={REPO / 'k2ssl_fairseq'}", *overrides]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), RECORD_IDS_ENV: str(run_dir),
-           EVAL_ENCODER_ENV: "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), RECORD_IDS_ENV: str(run_dir)}
     marker = f'"num_updates": "{kill_after_update}"'
     with log_path.open("w") as log:
         proc = subprocess.Popen(cmd, cwd=run_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -113,10 +106,10 @@ def test_sigkill_and_restart_equals_an_uninterrupted_run(tiny_corpus: Path, tmp_
     kill_after = random.SystemRandom().randint(SAVE_EVERY + 1, MAX_UPDATE - 1)
     print(f"killing after update {kill_after}")
     reference_dir, resumed_dir = tmp_path / "uninterrupted", tmp_path / "killed"
-    train(reference_dir, overrides, env={RECORD_IDS_ENV: str(reference_dir), EVAL_ENCODER_ENV: "1"})
+    train(reference_dir, overrides, env={RECORD_IDS_ENV: str(reference_dir)})
 
     train_until_killed(resumed_dir, overrides, kill_after)
-    resumed_log = train(resumed_dir, overrides, env={RECORD_IDS_ENV: str(resumed_dir), EVAL_ENCODER_ENV: "1"})
+    resumed_log = train(resumed_dir, overrides, env={RECORD_IDS_ENV: str(resumed_dir)})
     loaded = re.search(r"Loaded checkpoint \S+checkpoint_last\.pt \(epoch (\d+) @ (\d+) updates\)", resumed_log)
     assert loaded, "the restart did not resume from checkpoint_last.pt"
     resumed_from = int(loaded.group(2))

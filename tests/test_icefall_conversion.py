@@ -101,3 +101,32 @@ def test_conv_feature_layers_parsed_without_eval():
     with pytest.raises(CheckpointMismatchError, match=r"^z\.pt: .*Call is not allowed"):
         import_icefall_checkpoint({"model": {"final_proj.weight": torch.zeros(8, 4)}, "conv_feature_layers": "f()"},
                                   source="z.pt")
+
+
+@pytest.mark.parametrize("head_dims", [None, {"query_head_dim": "32,32,24,24,32,32",
+                                              "value_head_dim": "12,12,8,8,12,12", "pos_head_dim": "4,4,2,2,4,4"}],
+                         ids=["single_head_dims", "per_stack_head_dims"])
+def test_base_icefall_checkpoint_round_trips_bit_identically(head_dims):
+    """Import then export gives back every tensor and every architecture hyper-parameter exactly."""
+    from k2ssl_fairseq.conversion.icefall import (
+        export_icefall_checkpoint,
+        icefall_only_parameters,
+        model_config_from_hparams,
+    )
+    from k2ssl_fairseq.models.zipformer import without_training_state
+    from k2ssl_fairseq.models.zipformer_ssl import ZipformerSslModel
+
+    hparams = dict(json.loads((GOLDEN / "zipformer_ssl_base_state_dict.json").read_text())["config"],
+                   **(head_dims or {}))
+    torch.manual_seed(0)
+    layout = without_training_state(ZipformerSslModel(model_config_from_hparams(hparams), [504]).state_dict())
+    layout.update(icefall_only_parameters(layout))
+    state = {key: torch.randn_like(value) for key, value in layout.items()}  # icefall's keys, random weights
+    original = {"model": state, "batch_idx_train": 7, **hparams}
+    back = export_icefall_checkpoint(import_icefall_checkpoint(original, source="base.pt"), source="fairseq.pt")
+    assert back["model"].keys() == state.keys()
+    assert all(torch.equal(back["model"][k], v) for k, v in state.items())
+    for key in ("encoder_dim", "num_encoder_layers", "feedforward_dim", "downsampling_factor", "num_heads",
+                "encoder_unmasked_dim", "cnn_module_kernel", "query_head_dim", "value_head_dim", "pos_head_dim",
+                "pos_dim"):
+        assert str(back[key]) == str(hparams[key]), key

@@ -58,7 +58,8 @@ def trainer_and_batches(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFact
 
 
 def snapshot(module: torch.nn.Module) -> Dict[str, torch.Tensor]:
-    return {name: value.detach().clone() for name, value in module.state_dict().items()}
+    """The weights (the regularisers' adaptive state in the state dict follows updates lazily)."""
+    return {name: value.detach().clone() for name, value in module.named_parameters()}
 
 
 def nan_batch(batch: Dict) -> Dict:
@@ -115,7 +116,8 @@ def test_nonfinite_loss_skips_the_update_and_counts_it(trainer_and_batches, capl
     assert trainer.get_num_updates() == updates
     assert "update skipped" in caplog.text and f"at update {updates + 1}" in caplog.text
     after_skip = snapshot(model)
-    assert all(torch.equal(after_first[k], after_skip[k]) for k in after_skip), "skipped update changed weights"
+    changed = [k for k in after_skip if not torch.equal(after_first[k], after_skip[k])]
+    assert not changed, f"skipped update changed {changed[:5]}"
     assert all(torch.equal(a, b) for a, b in zip(moments, optimizer_state_tensors(trainer)))
     assert all(p.grad is None or not p.grad.any() for p in model.parameters())
 

@@ -188,3 +188,57 @@ def test_bypass_skips_whole_sequences_only_in_training():
     torch.testing.assert_close(bypass(orig, x), orig)
     bypass.eval()
     torch.testing.assert_close(bypass(orig, x), torch.full((2, 4, 3), 0.5))
+
+
+def test_a_unit_is_kept_only_when_its_draw_exceeds_the_rate(monkeypatch):
+    """k2SSL's tie rule: keep when ``rand > p`` (a draw of exactly ``p`` drops)."""
+    from k2ssl_fairseq.models.zipformer.layers import sequence_keep_mask
+
+    def draws_of_a_quarter(*size, **kwargs):
+        size = tuple(size[0]) if len(size) == 1 and not isinstance(size[0], int) else size
+        return torch.full(size, 0.25)
+
+    x = torch.zeros(3, 4, 8)
+    monkeypatch.setattr(torch, "rand", draws_of_a_quarter)
+    assert sequence_keep_mask(x, 0.25).sum() == 0
+    assert sequence_keep_mask(x, 0.2).sum() == 4
+    layer = ActivationDropoutLinear(8, 8, "swoosh_l", dropout=0.25).train()
+    assert not layer._dropout_mask(x).any()
+    layer.dropout = 0.2
+    assert layer._dropout_mask(x).all()
+
+
+def test_whiten_probability_follows_updates_and_is_saved():
+    from k2ssl_fairseq.models.zipformer.regularizers import end_whitening_update
+
+    holder = torch.nn.Sequential(Whiten(1, 5.0, prob=(0.025, 0.25), grad_scale=0.01),
+                                 Whiten(1, 5.0, prob=(0.025, 0.25), grad_scale=0.01))
+    over, quiet = holder[0], holder[1]
+    over.observed = Whiten.UNDER
+    over.observed = max(over.observed, Whiten.OVER)  # one batch under the limit, another over it
+    seen = []
+    end_whitening_update(holder, combine=lambda found: seen.append(found.tolist()) or found)
+    assert seen == [[Whiten.OVER, Whiten.NOT_SEEN]]
+    assert (over.prob, quiet.prob) == (0.25, 0.25) and over.observed == Whiten.NOT_SEEN
+    over.observed = Whiten.UNDER
+    end_whitening_update(holder)
+    assert (over.prob, quiet.prob) == (0.025, 0.25)
+
+    over.observed = Whiten.OVER  # pending findings of the update in progress are saved too
+    state = holder.state_dict()
+    assert sorted(state) == ["0._extra_state", "1._extra_state"]
+    restored = torch.nn.Sequential(Whiten(1, 5.0, prob=(0.025, 0.25), grad_scale=0.01),
+                                   Whiten(1, 5.0, prob=(0.025, 0.25), grad_scale=0.01))
+    restored.load_state_dict(state, strict=True)
+    assert (restored[0].prob, restored[0].observed) == (0.025, Whiten.OVER)
+    restored.load_state_dict({}, strict=True)  # icefall's state dicts have none: a fresh run's values
+    assert (restored[0].prob, restored[0].observed) == (0.25, Whiten.NOT_SEEN)
+
+
+def test_whiten_backward_records_whether_the_metric_was_over_its_limit():
+    torch.manual_seed(0)
+    correlated = torch.randn(200, 1) * torch.ones(1, 8) + 0.01 * torch.randn(200, 8)
+    for x, expected in ((correlated, Whiten.OVER), (torch.randn(200, 8), Whiten.UNDER)):
+        whiten = Whiten(1, 2.0, prob=(1.0, 1.0), grad_scale=0.01).train()
+        whiten(x.clone().requires_grad_()).sum().backward()
+        assert whiten.observed == expected

@@ -13,10 +13,16 @@ import k2ssl_fairseq  # noqa: F401
 from helpers import ZIPFORMER_GOLDEN_TOLERANCE, golden_dir
 from k2ssl_fairseq.conversion.icefall import model_config_from_hparams
 from k2ssl_fairseq.data.frames import conv_frames
+from k2ssl_fairseq.models.zipformer import without_training_state
 from k2ssl_fairseq.models.zipformer_ssl import ZipformerSslConfig, ZipformerSslModel
 
 GOLDEN = golden_dir()
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config" / "pretrain"
+#: Outputs of the original icefall model: shared/golden's tiny case, and tests/golden's case with
+#: per-stack head dimensions, the widest stack in the middle and 8-head stacks (made by
+#: tests/golden/make_icefall_case.py from icefall's own code).
+GOLDEN_CASES = {"tiny_case1": GOLDEN / "zipformer_ssl_tiny_case1",
+                "per_stack_heads": Path(__file__).resolve().parent / "golden" / "per_stack_heads"}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -27,22 +33,29 @@ def relative_error(ours: torch.Tensor, ref: np.ndarray) -> float:
     return float((ours - ref_t).abs().max() / ref_t.abs().max())
 
 
+def golden_model(case: Path):
+    """A golden case's arrays, and its model built from the hyper-parameters in its JSON, loaded strictly."""
+    arrays = np.load(case.with_suffix(".npz"))
+    meta = json.loads(case.with_suffix(".json").read_text())
+    model = ZipformerSslModel(model_config_from_hparams(meta["config"]), meta["config"]["num_classes"])
+    model.load_state_dict({k[len("param/"):]: torch.from_numpy(arrays[k]) for k in arrays.files
+                           if k.startswith("param/")}, strict=True)
+    return arrays, model.eval()
+
+
 @pytest.fixture(scope="module")
 def golden():
-    return np.load(GOLDEN / "zipformer_ssl_tiny_case1.npz")
+    return np.load(GOLDEN_CASES["tiny_case1"].with_suffix(".npz"))
 
 
 @pytest.fixture(scope="module")
-def tiny_model(golden) -> ZipformerSslModel:
-    """The golden tiny model, built from the hyper-parameters in its JSON and loaded strictly."""
-    meta = json.loads((GOLDEN / "zipformer_ssl_tiny_case1.json").read_text())
-    model = ZipformerSslModel(model_config_from_hparams(meta["config"]), meta["config"]["num_classes"])
-    model.load_state_dict({k[len("param/"):]: torch.from_numpy(golden[k]) for k in golden.files
-                           if k.startswith("param/")}, strict=True)
-    return model.eval()
+def tiny_model() -> ZipformerSslModel:
+    return golden_model(GOLDEN_CASES["tiny_case1"])[1]
 
 
-def test_golden_outputs_match(tiny_model, golden):
+@pytest.mark.parametrize("case", list(GOLDEN_CASES))
+def test_golden_outputs_match(case):
+    golden, tiny_model = golden_model(GOLDEN_CASES[case])
     wav = torch.from_numpy(golden["input/wav"])
     no_padding = torch.zeros_like(wav, dtype=torch.bool)
     with torch.no_grad():
@@ -68,9 +81,13 @@ def test_parameter_listing_equals_original(size):
         label_rate=50.0, sample_rate=16000, **{k: v for k, v in preset.items() if k != "_name"}))
     with torch.device("meta"):
         model = ZipformerSslModel(cfg, [listing["final_proj_out_features"]])
-    ours = {k: list(v.shape) for k, v in model.state_dict().items()}
+    state = model.state_dict()
+    ours = {k: list(v.shape) for k, v in without_training_state(state).items()}
     theirs = {e["key"]: e["shape"] for e in listing["state_dict"]}
     assert ours == theirs
+    # Besides icefall's tensors, the state dict holds each Whiten's adaptive probability (one scalar).
+    whitens = [name for name, module in model.named_modules() if type(module).__name__ == "Whiten"]
+    assert sorted(k for k in state if k.endswith("._extra_state")) == sorted(f"{w}._extra_state" for w in whitens)
     assert sum(p.numel() for p in model.parameters()) == listing["total_params"]
 
 

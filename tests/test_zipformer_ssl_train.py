@@ -42,7 +42,9 @@ def test_set_num_updates_drives_schedules_with_adjusted_batch_count():
     assert any(a != b for a, b in zip(after, before))
     model.eval()
     assert [float(s) for s in schedules] == [s.default for s in schedules]
-    assert tiny_model().batch_count(123) == 123.0  # seconds_per_update unset: plain update count
+    # seconds_per_update unset: the update count, refreshed every batch_count_interval updates (k2SSL: 10)
+    assert tiny_model().batch_count(123) == 120.0
+    assert tiny_model(batch_count_interval=1).batch_count(123) == 123.0
 
 
 def test_eval_is_deterministic_and_training_is_not():

@@ -31,6 +31,7 @@ from omegaconf import OmegaConf
 
 from ..checkpoints import CheckpointMismatchError, check_state_dict
 from ..data.frames import format_conv_layers, parse_conv_layers
+from ..models.zipformer import without_training_state
 from ..models.zipformer_ssl import ZipformerSslConfig, ZipformerSslModel
 
 NUM_SPECIAL_SYMBOLS = 4
@@ -75,11 +76,8 @@ def model_config_from_hparams(hparams: Mapping[str, Any], preset: Optional[Mappi
             values[key] = parse_int_list(hparams[key], key)
     for key in _HEAD_DIM_KEYS:
         if key in hparams:
-            dims = set(parse_int_list(hparams[key], key))
-            if len(dims) != 1:
-                raise ValueError(f"{key}={hparams[key]!r}: per-stack head dims are not supported, "
-                                 "zipformer_ssl takes one value")
-            values[key] = dims.pop()
+            dims = parse_int_list(hparams[key], key)
+            values[key] = dims[0] if len(dims) == 1 else dims
     for key, kind in _SCALAR_KEYS.items():
         if key in hparams:
             values[key] = kind(hparams[key])
@@ -118,6 +116,11 @@ def _primitive(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_primitive(v) for v in value]
     return str(value)
+
+
+def _icefall_list(value: Any) -> str:
+    """A per-stack setting as icefall writes it: ``"192,256,448"``, or ``"32"`` for one value."""
+    return str(value) if isinstance(value, int) else ",".join(str(v) for v in value)
 
 
 @contextlib.contextmanager
@@ -179,14 +182,16 @@ def import_icefall_checkpoint(checkpoint: Mapping[str, Any], use_averaged_model:
     num_classes = state["final_proj.weight"].shape[0]
     with _named(source):
         model_cfg = model_config_from_hparams(checkpoint, preset)
-        expected = ZipformerSslModel(model_cfg, [num_classes]).state_dict()
+        fresh = ZipformerSslModel(model_cfg, [num_classes]).state_dict()
         dictionary = label_dictionary(num_classes)
 
+    expected = without_training_state(fresh)
     stray = icefall_only_parameters(expected)
     unused = {k: state.pop(k) for k in list(state) if k in stray}
     check_state_dict(state, expected, f"{source} ['{state_key}']", "the zipformer_ssl architecture it describes")
     for key in ("final_proj.weight", "final_proj.bias"):
         state[key] = torch.roll(state[key], NUM_SPECIAL_SYMBOLS, dims=0)
+    state.update({k: v for k, v in fresh.items() if k not in expected})  # training state, as a fresh run starts
 
     hparams = {k: _primitive(v) for k, v in checkpoint.items() if not isinstance(v, Mapping) and not torch.is_tensor(v)}
     num_updates = int(hparams.get("batch_idx_train", 0) or 0)
@@ -223,11 +228,11 @@ def export_icefall_checkpoint(checkpoint: Mapping[str, Any], source: str = "chec
     for key, fallback in (("label_rate", 50.0), ("sample_rate", 16000)):
         if not isinstance(model_section.get(key), (int, float)):
             model_section[key] = task.get(key, fallback)
-    state = {k: v.detach().float() for k, v in checkpoint["model"].items()}
+    state = {k: v.detach().float() for k, v in without_training_state(checkpoint["model"]).items()}
     num_classes = state["final_proj.weight"].shape[0]
     with _named(source):
         model_cfg = OmegaConf.structured(ZipformerSslConfig(**model_section))
-        expected = ZipformerSslModel(model_cfg, [num_classes]).state_dict()
+        expected = without_training_state(ZipformerSslModel(model_cfg, [num_classes]).state_dict())
     check_state_dict(state, expected, source, "the zipformer_ssl architecture its config describes")
     for key in ("final_proj.weight", "final_proj.bias"):
         state[key] = torch.roll(state[key], -NUM_SPECIAL_SYMBOLS, dims=0)
@@ -238,8 +243,8 @@ def export_icefall_checkpoint(checkpoint: Mapping[str, Any], source: str = "chec
     state.update(restored)
 
     out: Dict[str, Any] = dict(extra_state.get("icefall_hparams") or {})
-    out.update({key: ",".join(str(v) for v in model_cfg[key]) for key in _PER_STACK_KEYS})
-    out.update({key: str(model_cfg[key]) for key in _HEAD_DIM_KEYS})
+    out.update({key: _icefall_list(model_cfg[key]) for key in _PER_STACK_KEYS})
+    out.update({key: _icefall_list(model_cfg[key]) for key in _HEAD_DIM_KEYS})
     out.update({key: kind(model_cfg[key]) for key, kind in _SCALAR_KEYS.items()})
     out["conv_feature_layers"] = format_conv_layers(zip(model_cfg.conv_channels, model_cfg.conv_kernels,
                                                         model_cfg.conv_strides))

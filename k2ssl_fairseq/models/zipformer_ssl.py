@@ -15,16 +15,25 @@ criterion the loss is therefore correct, but its accuracy is not: it counts ``ar
 only right for HuBERT's positive-in-column-0 logits. Use ``k2ssl_masked_prediction`` for correct
 accuracy.
 
-Two deliberate differences from the original, both invisible on unpadded batches:
+Deliberate differences from the original. Two are invisible on unpadded batches:
 
 * padding: frame ``i`` is padding iff ``i >= conv_frames(valid samples)``, padded samples are zeroed
   and the first CNN layer's GroupNorm statistics are taken over valid frames only, and the padding
   mask reaches the encoder, so an utterance's output does not depend on its batch;
 * the feature penalty averages over valid frames only.
+
+One concerns training with several batches per update: the Whiten modules' adaptive probability
+follows whole updates, combined over ``update_freq`` and ranks (icefall: after every backward, per
+process); it is the same with ``update_freq`` 1 on one process. What does follow the original: a
+unit is kept when its random draw is ``> p``, and the schedules' batch count is refreshed every 10
+updates (``batch_count_interval``); the state that changes during training (the Whiten
+probabilities) is saved with the model, and the ``k2ssl_pretraining`` task seeds the model's
+randomness per batch, so resumed and multi-rank runs are exact (``tests/test_fault_tolerance.py``,
+``tests/test_distributed.py``).
 """
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 import torch
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
@@ -36,7 +45,7 @@ from torch import nn
 
 from ..data.frames import conv_stride
 from .masked_prediction import MaskedPredictionModel, linear_class_logits
-from .zipformer import Zipformer2, set_batch_count
+from .zipformer import Zipformer2, end_whitening_update, set_batch_count
 
 EXTRACTOR_MODE_CHOICES = ChoiceEnum(["default", "layer_norm"])
 
@@ -73,9 +82,12 @@ class ZipformerSslConfig(FairseqDataclass):
     encoder_unmasked_dim: List[int] = _stack_field(
         [192, 192, 256, 256, 256, 192], "channels of each stack never zeroed by the training-time feature mask")
     cnn_module_kernel: List[int] = _stack_field([31, 31, 15, 15, 15, 31], "depthwise convolution kernel of each stack")
-    query_head_dim: int = field(default=32, metadata={"help": "query/key dimension per attention head"})
-    value_head_dim: int = field(default=12, metadata={"help": "value dimension per attention head"})
-    pos_head_dim: int = field(default=4, metadata={"help": "positional-query dimension per attention head"})
+    query_head_dim: Any = field(
+        default=32, metadata={"help": "query/key dimension per attention head: one value, or one per stack"})
+    value_head_dim: Any = field(
+        default=12, metadata={"help": "value dimension per attention head: one value, or one per stack"})
+    pos_head_dim: Any = field(
+        default=4, metadata={"help": "positional-query dimension per attention head: one value, or one per stack"})
     pos_dim: int = field(default=48, metadata={"help": "dimension of the relative positional encoding"})
 
     mask_prob: float = field(default=0.65, metadata={"help": "HuBERT span-mask probability (k2SSL recipes: 0.8)"})
@@ -86,6 +98,9 @@ class ZipformerSslConfig(FairseqDataclass):
     skip_nomask: bool = field(default=False, metadata={"help": "do not compute logits on unmasked frames (they are only logged when pred_nomask_weight is 0)"})
 
     ref_duration: float = field(default=600.0, metadata={"help": "k2SSL's reference batch duration in seconds for the schedules' batch count"})
+    batch_count_interval: int = field(
+        default=10, metadata={"help": "updates between refreshes of the schedules' batch count (k2SSL: every 10 "
+                                      "batches); the count is that of the last multiple of this interval"})
     seconds_per_update: Optional[float] = field(
         default=None,
         metadata={"help": "audio seconds per optimizer update over all workers and accumulation steps "
@@ -138,6 +153,7 @@ class ZipformerSslModel(MaskedPredictionModel, BaseFairseqModel):
             pos_dim=cfg.pos_dim,
         )
         self.final_proj = nn.Linear(max(cfg.encoder_dim), sum(self.num_classes))
+        self._closed_update: Optional[int] = None
         # What the shared front half reads (MaskedPredictionModel).
         self.feature_grad_mult = cfg.feature_grad_mult
         self.mask_prob, self.mask_length, self.mask_min_masks = cfg.mask_prob, cfg.mask_length, cfg.mask_min_masks
@@ -151,20 +167,29 @@ class ZipformerSslModel(MaskedPredictionModel, BaseFairseqModel):
         return cls(cfg, [len(d) for d in task.dictionaries])
 
     def set_num_updates(self, num_updates: int) -> None:
-        """Drive the encoder's schedules with k2SSL's adjusted batch count.
+        """fairseq calls this before every batch (and on load) with the update count. When the count
+        changes, close the previous update for the regularisers' adaptive state, on every rank
+        alike; and drive the encoder's schedules with k2SSL's adjusted batch count.
 
-        ``batch_count = num_updates * seconds_per_update / ref_duration``, where ``seconds_per_update``
-        is ``max_duration * world_size * update_freq`` (k2SSL Base: 600 s x 8 GPUs x 1 / 600 = 8 batch
-        counts per update); with ``seconds_per_update`` unset the batch count is ``num_updates``.
+        ``batch_count = n * seconds_per_update / ref_duration`` with ``n`` the last multiple of
+        ``batch_count_interval`` up to ``num_updates`` (k2SSL refreshes every 10 batches), where
+        ``seconds_per_update`` is ``max_duration * world_size * update_freq`` (k2SSL Base: 600 s x 8
+        GPUs x 1 / 600 = 8 batch counts per update); with it unset the batch count is ``n``. Both
+        depend on nothing but the saved state and ``num_updates``, so a resumed run continues exactly.
         """
         super().set_num_updates(num_updates)
+        if num_updates != self._closed_update:
+            end_whitening_update(self.encoder, _max_over_ranks if _distributed() else None)
+            self._closed_update = num_updates
         set_batch_count(self.encoder, self.batch_count(num_updates))
 
     def batch_count(self, num_updates: int) -> float:
         """k2SSL's adjusted batch count for ``num_updates`` optimizer updates (see ``set_num_updates``)."""
+        interval = max(int(self.cfg.batch_count_interval), 1)
+        refreshed = num_updates // interval * interval
         if self.cfg.seconds_per_update is None:
-            return float(num_updates)
-        return num_updates * self.cfg.seconds_per_update / self.cfg.ref_duration
+            return float(refreshed)
+        return refreshed * self.cfg.seconds_per_update / self.cfg.ref_duration
 
     def remove_pretraining_modules(self) -> None:
         """Drop the classification head (fine-tuning wrappers call this)."""
@@ -184,3 +209,17 @@ class ZipformerSslModel(MaskedPredictionModel, BaseFairseqModel):
     def class_logits(self, frames: torch.Tensor, targets: List[torch.Tensor]):
         """``final_proj(x) / logit_temp`` split per label set; the targets are the classes."""
         return linear_class_logits(self.final_proj(frames), self.num_classes, self.logit_temp), targets
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized() and \
+        torch.distributed.get_world_size() > 1
+
+
+def _max_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """The element-wise maximum over all ranks (on the default group; a CUDA tensor for NCCL)."""
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.distributed.get_backend() == "nccl" \
+        else torch.device("cpu")
+    values = values.to(device)
+    torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.MAX)
+    return values.cpu()

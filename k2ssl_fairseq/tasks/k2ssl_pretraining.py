@@ -14,11 +14,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
+from fairseq import utils
 from fairseq.data import iterators
 from fairseq.logging import metrics
 from fairseq.tasks import register_task
 from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig, HubertPretrainingTask
+from omegaconf import II
 
 from ..data.bucketing import BatchingSettings
 from ..data.dataset import BucketedAudioDataset, LabelSettings, MaskSettings
@@ -57,6 +60,10 @@ class K2sslPretrainingConfig(HubertPretrainingConfig):
     mask_length: Optional[int] = field(
         default=None, metadata={"help": "span length for precomputed masks; default: model.mask_length"})
     mask_min_masks: int = field(default=2, metadata={"help": "minimum spans per utterance for precomputed masks"})
+    seed: int = field(
+        default=II("common.seed"),
+        metadata={"help": "seeds the model's randomness per batch, from (seed, update, the batch's utterances); "
+                          "default: common.seed"})
 
 
 @dataclass
@@ -169,7 +176,9 @@ class K2sslPretrainingTask(HubertPretrainingTask):
 
     def train_step(self, sample: Dict[str, Any], model: torch.nn.Module, criterion: Any, optimizer: Any,
                    update_num: int, ignore_grad: bool = False) -> Tuple[Any, Any, Dict[str, Any]]:
-        """Stock step, plus data statistics in the logging output (see :meth:`reduce_metrics`).
+        """Stock step, with the model's randomness (dropout, skips, feature masks, regulariser draws)
+        seeded from the batch itself (:func:`batch_seed`), plus data statistics in the logging
+        output (see :meth:`reduce_metrics`).
 
         The data wait is the time between the end of the previous step (or the start of the epoch)
         and the start of this one: loader time not hidden by prefetching, plus the trainer's own
@@ -177,6 +186,8 @@ class K2sslPretrainingTask(HubertPretrainingTask):
         """
         started = time.perf_counter()
         wait = 0.0 if self._last_step_end is None else started - self._last_step_end
+        if sample:
+            utils.set_torch_seed(batch_seed(self.cfg.seed, update_num, sample["id"]))
         loss, sample_size, logging_output = super().train_step(
             sample, model, criterion, optimizer, update_num, ignore_grad)
         stats = sample.get("audio_stats") if sample else None
@@ -212,6 +223,16 @@ class K2sslFinetuningTask(K2sslPretrainingTask):
     """CTC fine-tuning: whole utterances padded per duration bucket, ``.ltr`` transcripts as ``target``."""
 
     cfg: K2sslFinetuningConfig
+
+
+def batch_seed(seed: int, update_num: int, ids: torch.Tensor) -> int:
+    """The torch seed of one batch: a function of the run's seed, the update and the batch's utterance
+    ids only. fairseq seeds once per update, so the second batch of an update continues the first
+    one's random stream in one process but starts afresh on another rank; seeding by the batch makes
+    N ranks draw what one process with ``update_freq`` N draws, and a resumed run what an
+    uninterrupted one drew."""
+    entropy = [int(seed) & 0xFFFFFFFF, int(update_num), *(int(i) for i in ids.tolist())]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 def _epoch_batches(dataset: BucketedAudioDataset, epoch: int, num_shards: int) -> List[Any]:

@@ -115,7 +115,7 @@ class ActivationDropoutLinear(nn.Module):
         shape = list(x.shape)
         if self.dropout_shared_dim is not None:
             shape[self.dropout_shared_dim] = 1
-        keep = torch.rand(shape, device=x.device) >= rate
+        keep = torch.rand(shape, device=x.device) > rate  # k2SSL's tie rule
         return keep.to(x.dtype) * (1.0 / (1.0 - rate))
 
     def forward(self, x: Tensor) -> Tensor:

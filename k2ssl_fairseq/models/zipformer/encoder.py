@@ -24,10 +24,13 @@ FeatureMask = Union[Tensor, float]
 
 
 def _per_stack(values: Union[int, Sequence[int]], num_stacks: int, name: str) -> Tuple[int, ...]:
-    """A per-stack setting as a tuple of ``num_stacks`` ints (a single int is repeated)."""
+    """A per-stack setting as a tuple of ``num_stacks`` ints (a single int, or a one-entry list, is
+    repeated, as icefall's ``_to_tuple`` does)."""
     if isinstance(values, int):
         return (values,) * num_stacks
     values = tuple(int(v) for v in values)
+    if len(values) == 1:
+        return values * num_stacks
     if len(values) != num_stacks:
         raise ValueError(
             f"{name} has {len(values)} entries, but downsampling_factor defines {num_stacks} stacks: "
@@ -192,9 +195,9 @@ class Zipformer2(nn.Module):
         num_heads: attention heads per stack.
         cnn_module_kernel: depthwise convolution kernel per stack (odd).
         downsampling_factor: frame-rate reduction per stack; defines the number of stacks.
-        query_head_dim: query/key size per head.
-        value_head_dim: value size per head.
-        pos_head_dim: positional-query size per head.
+        query_head_dim: query/key size per head, per stack.
+        value_head_dim: value size per head, per stack.
+        pos_head_dim: positional-query size per head, per stack.
         pos_dim: size of the relative positional encodings.
         dropout: feed-forward dropout; None means k2SSL's schedule 0.3 -> 0.1 over 20000 batches.
         warmup_batches: span over which the layer-skip rates fall from 0.5 to their final values,
@@ -211,9 +214,9 @@ class Zipformer2(nn.Module):
         num_heads: Sequence[int],
         cnn_module_kernel: Sequence[int],
         downsampling_factor: Sequence[int],
-        query_head_dim: int,
-        value_head_dim: int,
-        pos_head_dim: int,
+        query_head_dim: Union[int, Sequence[int]],
+        value_head_dim: Union[int, Sequence[int]],
+        pos_head_dim: Union[int, Sequence[int]],
         pos_dim: int,
         dropout: Optional[FloatLike] = None,
         warmup_batches: float = 4000.0,
@@ -230,6 +233,9 @@ class Zipformer2(nn.Module):
         feedforward_dim = _per_stack(feedforward_dim, num_stacks, "feedforward_dim")
         num_heads = _per_stack(num_heads, num_stacks, "num_heads")
         cnn_module_kernel = _per_stack(cnn_module_kernel, num_stacks, "cnn_module_kernel")
+        query_head_dim = _per_stack(query_head_dim, num_stacks, "query_head_dim")
+        value_head_dim = _per_stack(value_head_dim, num_stacks, "value_head_dim")
+        pos_head_dim = _per_stack(pos_head_dim, num_stacks, "pos_head_dim")
         for i, (unmasked, dim) in enumerate(zip(self.encoder_unmasked_dim, self.encoder_dim)):
             if not 0 < unmasked <= dim:
                 raise ValueError(
@@ -249,9 +255,9 @@ class Zipformer2(nn.Module):
                     embed_dim=self.encoder_dim[i],
                     pos_dim=pos_dim,
                     num_heads=num_heads[i],
-                    query_head_dim=query_head_dim,
-                    pos_head_dim=pos_head_dim,
-                    value_head_dim=value_head_dim,
+                    query_head_dim=query_head_dim[i],
+                    pos_head_dim=pos_head_dim[i],
+                    value_head_dim=value_head_dim[i],
                     feedforward_dim=feedforward_dim[i],
                     dropout=scheduled(dropout),
                     cnn_module_kernel=cnn_module_kernel[i],

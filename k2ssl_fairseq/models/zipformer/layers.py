@@ -22,10 +22,10 @@ from .schedules import FloatLike, ScheduledFloat, scheduled
 
 def sequence_keep_mask(x: Tensor, drop_rate: float) -> Optional[Tensor]:
     """Per-sequence 0/1 factor ``(batch, 1)`` that drops whole sequences with ``drop_rate``, or
-    None when nothing is dropped."""
+    None when nothing is dropped. A sequence is kept when its draw is ``> drop_rate``, as in k2SSL."""
     if drop_rate == 0.0:
         return None
-    return (torch.rand(x.shape[1], 1, device=x.device) >= drop_rate).to(x.dtype)
+    return (torch.rand(x.shape[1], 1, device=x.device) > drop_rate).to(x.dtype)
 
 
 def _apply_keep(x: Tensor, keep: Optional[Tensor]) -> Tensor:

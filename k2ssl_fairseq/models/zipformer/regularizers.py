@@ -11,12 +11,15 @@ they return their input untouched (k2SSL also skips them whenever no gradient is
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from .schedules import FloatLike, ScheduledFloat, random_uniform, scheduled
+
+#: Suffix of a module's extra state in a state dict (``torch.nn.Module``'s name for it).
+EXTRA_STATE = "_extra_state"
 
 
 def _positive_fraction_to_mean(fraction: float) -> float:
@@ -144,7 +147,8 @@ def whitening_metric(x: Tensor, num_groups: int) -> Tensor:
 
 
 class _WhitenGradient(torch.autograd.Function):
-    """Identity; backward adds the whitening metric's gradient when the metric is over its limit."""
+    """Identity; backward adds the whitening metric's gradient when the metric is over its limit,
+    and records on the module whether it was (see :class:`Whiten`)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, module: "Whiten"):
@@ -159,10 +163,10 @@ class _WhitenGradient(torch.autograd.Function):
         with torch.enable_grad():
             x = x.detach().float().requires_grad_(True)
             metric = whitening_metric(x, module.num_groups)
-            if metric.item() < float(module.whitening_limit):
-                module.prob = module.min_prob
+            over = metric.item() >= float(module.whitening_limit)
+            module.observed = max(module.observed, Whiten.OVER if over else Whiten.UNDER)
+            if not over:
                 return grad, None
-            module.prob = module.max_prob
             (penalty_grad,) = torch.autograd.grad(metric, x)
         scale = float(module.grad_scale) * grad.float().norm() / (penalty_grad.norm() + 1.0e-20)
         return grad + (penalty_grad * scale).to(grad.dtype), None
@@ -171,8 +175,16 @@ class _WhitenGradient(torch.autograd.Function):
 class Whiten(nn.Module):
     """Gradient-only push towards white (decorrelated, equal-variance) features.
 
-    Acts with probability ``max_prob`` after a pass that found the metric over its limit, and
-    ``min_prob`` after one that did not.
+    Acts on a forward pass with probability ``prob``: ``max_prob`` after an update in which the
+    metric was over its limit, ``min_prob`` after one in which it was under (k2SSL's rule), and
+    unchanged after one in which the module did not act. k2SSL changes ``prob`` after every backward
+    of every process; here the passes of one update are combined first (its ``update_freq``
+    batches, and through :func:`end_whitening_update`'s ``combine`` all ranks), and the update is
+    closed when the next one starts, so ``prob`` is the same on every rank and N ranks train like
+    one process with ``update_freq`` N. ``prob`` and what the current update found so far are module
+    state, saved with the model (``get_extra_state``), so a resumed single-process run continues
+    exactly; a resumed multi-rank run starts from rank 0's findings of the last update (the only
+    rank that saves).
 
     Args:
         num_groups: number of channel groups whitened separately (with equal traces).
@@ -180,6 +192,9 @@ class Whiten(nn.Module):
         prob: ``(min_prob, max_prob)``.
         grad_scale: norm of the added gradient relative to the incoming gradient's norm.
     """
+
+    #: What the passes of the current update found: nothing yet, the metric under, or over its limit.
+    NOT_SEEN, UNDER, OVER = 0, 1, 2
 
     def __init__(
         self,
@@ -194,11 +209,54 @@ class Whiten(nn.Module):
         self.grad_scale = scheduled(grad_scale)
         self.min_prob, self.max_prob = prob
         self.prob = self.max_prob
+        self.observed = self.NOT_SEEN
 
     def forward(self, x: Tensor) -> Tensor:
         if not (self.training and x.requires_grad) or random_uniform() > self.prob:
             return x
         return _WhitenGradient.apply(x, self)
+
+    def end_update(self, observed: int) -> None:
+        """Set ``prob`` from what the update's passes found (all processes' when combined)."""
+        if observed != self.NOT_SEEN:
+            self.prob = self.max_prob if observed == self.OVER else self.min_prob
+        self.observed = self.NOT_SEEN
+
+    def get_extra_state(self) -> Tensor:
+        """``[prob, observed]`` as float64 (a tensor, so fairseq's tools handle it like any weight)."""
+        return torch.tensor([self.prob, self.observed], dtype=torch.float64)
+
+    def set_extra_state(self, state: Tensor) -> None:
+        self.prob, self.observed = float(state[0]), int(state[1])
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # A state dict without this state (icefall's, and the plugin's before it saved it) starts it
+        # where a fresh run does. load_state_dict hands modules its own copy of the dict.
+        state_dict.setdefault(prefix + EXTRA_STATE, torch.tensor([self.max_prob, self.NOT_SEEN], dtype=torch.float64))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def without_training_state(state: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+    """A state dict without the saved training state (``*._extra_state``: the Whiten modules'
+    adaptive probabilities), i.e. the tensors an icefall checkpoint holds."""
+    return {k: v for k, v in state.items() if not k.endswith("." + EXTRA_STATE)}
+
+
+def end_whitening_update(module: nn.Module, combine: Optional[Callable[[Tensor], Tensor]] = None) -> None:
+    """Close one update for every :class:`Whiten` below ``module``.
+
+    Args:
+        combine: makes the per-module findings (an int64 tensor) the same on every process, e.g. an
+            all-reduce with MAX; None in a single process.
+    """
+    whitens = [sub for sub in module.modules() if isinstance(sub, Whiten)]
+    if not whitens:
+        return
+    observed = torch.tensor([w.observed for w in whitens], dtype=torch.int64)
+    if combine is not None:
+        observed = combine(observed)
+    for whiten, found in zip(whitens, observed.tolist()):
+        whiten.end_update(int(found))
 
 
 def whitening_schedule(limit: float, ratio: float = 2.0) -> ScheduledFloat:
