@@ -11,7 +11,7 @@ setup(
     version="0.1.0",
     description="k2SSL (Zipformer SSL, ScaledAdam + Eden, bucketed loading) as a fairseq plugin",
     packages=find_packages(include=["k2ssl_fairseq", "k2ssl_fairseq.*"]),
-    package_data={"k2ssl_fairseq": ["../config/**/*.yaml"]},
+    package_data={"k2ssl_fairseq": ["config/*/*.yaml"]},
     python_requires=">=3.10",
     install_requires=["torch>=2.1", "numpy", "soundfile", "omegaconf", "hydra-core"],
     extras_require={"kmeans": ["faiss-cpu"], "wer": ["editdistance"]},

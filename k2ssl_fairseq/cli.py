@@ -1,16 +1,25 @@
 """``k2ssl-hydra-train``: fairseq's own ``fairseq-hydra-train`` with the plugin imported first.
 
-Importing the plugin before Hydra composes the config registers the plugin's dataclasses in Hydra's
-ConfigStore, so group selection (``model=zipformer_ssl``, which brings all of the plugin's keys)
-works. Under ``torchrun`` it also passes each process's rank, world size and device (from
-``LOCAL_RANK``) to fairseq, which otherwise guesses the device and fails on CPU-only machines.
-Everything else is fairseq's ``cli_main`` unchanged.
+Two conveniences over the stock entry point, both plain rewrites of the command line
+(:func:`component_overrides`), then fairseq's ``cli_main`` unchanged:
+
+* ``model=zipformer_ssl`` (or ``+model=...``) switches the component the way ``model._name=...``
+  does, keeping every setting of the yaml, for ``model``, ``task``, ``criterion``, ``optimizer`` and
+  ``lr_scheduler``. (Hydra's own group selection would append the component's defaults *after* the
+  yaml, silently replacing its values, e.g. ``task.label_rate`` and ``model.mask_prob``.)
+* ``model.preset=tiny`` and every other key of those components needs no ``+`` even when the yaml
+  lacks it (it becomes ``++``: add or override); a misspelt key is still refused when fairseq merges
+  the section into the component's config.
+
+Under ``torchrun`` it also passes each process's rank, world size and device (from ``LOCAL_RANK``)
+to fairseq, which otherwise guesses the device and fails on CPU-only machines.
 """
 from __future__ import annotations
 
 import os
+import re
 import sys
-from typing import List, Mapping
+from typing import List, Mapping, Sequence
 
 
 def torchrun_overrides(environ: Mapping[str, str] = os.environ) -> List[str]:
@@ -32,13 +41,40 @@ def torchrun_overrides(environ: Mapping[str, str] = os.environ) -> List[str]:
     ]
 
 
+#: The config sections that hold one fairseq component each (``_name`` selects it).
+COMPONENTS = ("model", "task", "criterion", "optimizer", "lr_scheduler")
+_SELECTION = re.compile(rf"^\+?({'|'.join(COMPONENTS)})=([A-Za-z0-9_]+)$")
+_SETTING = re.compile(rf"^({'|'.join(COMPONENTS)})\.[A-Za-z0-9_.]+=")
+_FLAGS_WITH_VALUE = ("--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp")
+
+
+def component_overrides(argv: Sequence[str]) -> List[str]:
+    """The command line with ``G=name``/``+G=name`` as ``++G._name=name`` and ``G.key=value`` as
+    ``++G.key=value`` for the component sections (module docstring); everything else unchanged."""
+    rewritten: List[str] = []
+    takes_value = False
+    for arg in argv:
+        if takes_value or arg.startswith("-"):
+            takes_value = arg in _FLAGS_WITH_VALUE
+            rewritten.append(arg)
+            continue
+        selection = _SELECTION.match(arg)
+        if selection:
+            rewritten.append(f"++{selection.group(1)}._name={selection.group(2)}")
+        elif _SETTING.match(arg):
+            rewritten.append("++" + arg)
+        else:
+            rewritten.append(arg)
+    return rewritten
+
+
 def hydra_train() -> None:
     """Console entry point."""
     from fairseq_cli.hydra_train import cli_main  # configures logging, so the plugin's start-up line shows
 
     import k2ssl_fairseq  # noqa: F401  (registers the plugin before composition)
 
-    sys.argv.extend(torchrun_overrides())
+    sys.argv = [sys.argv[0], *component_overrides(sys.argv[1:]), *torchrun_overrides()]
     cli_main()
 
 

@@ -34,6 +34,10 @@ def main(argv=None) -> int:
     parser.add_argument("--verify", action="store_true",
                         help="run both models on the same random audio (and masks) and print the max "
                              "difference per layer and of the losses, or of the CTC logits")
+    parser.add_argument("--criterion", default=None,
+                        help="pre-training only: the criterion training continues with (e.g. "
+                             "k2ssl_masked_prediction), so that fairseq keeps the update count, lr schedule and "
+                             "optimizer state on resume instead of asking to reset the optimizer")
     parser.add_argument("--trusted-checkpoint", action="store_true",
                         help="fully unpickle the source (only for files you trust)")
     args = parser.parse_args(argv)
@@ -44,7 +48,8 @@ def main(argv=None) -> int:
                                                                trusted=args.trusted_checkpoint)
         else:
             converted, dropped = conversion.migrate_checkpoint(args.source, args.destination, args.to,
-                                                               trusted=args.trusted_checkpoint)
+                                                               trusted=args.trusted_checkpoint,
+                                                               criterion=args.criterion)
         print(f"wrote {args.destination} ({args.to}); reset machine paths: {', '.join(dropped) or 'none'}")
         if args.verify:
             source = checkpoints.read_fairseq_checkpoint(args.source, args.trusted_checkpoint)

@@ -27,8 +27,7 @@ def km_dictionary(size: int = 12) -> Dictionary:
 
 def zipformer(**overrides) -> ZipformerSslModel:
     torch.manual_seed(0)
-    cfg = ZipformerSslConfig(label_rate=50.0, sample_rate=16000, conv_channels=[c for c, _, _ in TINY_CONV],
-                             conv_kernels=[k for _, k, _ in TINY_CONV], conv_strides=[s for _, _, s in TINY_CONV],
+    cfg = ZipformerSslConfig(label_rate=50.0, sample_rate=16000, conv_feature_layers=str(list(TINY_CONV)),
                              num_encoder_layers=[1, 1], downsampling_factor=[1, 2], encoder_dim=[32, 48],
                              feedforward_dim=[64, 96], num_heads=[2, 2], encoder_unmasked_dim=[16, 16],
                              cnn_module_kernel=[15, 15], query_head_dim=8, value_head_dim=4, pos_head_dim=2,

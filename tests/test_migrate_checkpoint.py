@@ -5,6 +5,7 @@ updates) is shared by every test in this file. The encoder is narrower than the 
 model has ``post_extract_proj``, which torchaudio's importer requires.
 """
 import copy
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -180,14 +181,14 @@ def test_pointless_or_lossy_conversions_are_refused(migrated, tmp_path):
 
 
 #: Continued pre-training recipes on top of the stock yaml: stock task/criterion/Adam, and k2SSL's
-#: bucketed task, criterion, ScaledAdam and Eden (the stock yaml's Adam/polynomial keys removed).
+#: bucketed task, criterion, ScaledAdam and Eden (switched by name; the stock yaml's Adam and
+#: polynomial-decay keys stay and are ignored).
 CONTINUATION_RECIPES = {
     "stock_task_and_adam": [],
     "k2ssl_task_scaled_adam_eden": [
-        "task._name=k2ssl_pretraining", "criterion._name=k2ssl_masked_prediction",
-        "~optimizer.adam_betas", "~optimizer.adam_eps", "~optimizer.weight_decay", "optimizer._name=scaled_adam",
-        "~lr_scheduler.warmup_updates", "lr_scheduler._name=eden", "+lr_scheduler.warmup_batches=1",
-        "optimization.lr=[0.045]", "optimization.clip_norm=0",
+        "task._name=k2ssl_pretraining", "criterion._name=k2ssl_masked_prediction", "optimizer._name=scaled_adam",
+        "lr_scheduler._name=eden", "+lr_scheduler.warmup_batches=1", "optimization.lr=[0.045]",
+        "optimization.clip_norm=0",
     ],
 }
 
@@ -210,3 +211,28 @@ def test_continued_pretraining_of_the_migrated_checkpoint(stock_run, migrated, t
     assert trained["optimizer_history"][-1]["num_updates"] == 2
     start = checkpoints.read_fairseq_checkpoint(k2ssl_path)["model"]
     assert not torch.equal(trained["model"]["final_proj.weight"], start["final_proj.weight"])
+
+
+def test_migrating_for_another_criterion_keeps_the_update_count_and_the_schedule(stock_run, tmp_path):
+    """``--criterion k2ssl_masked_prediction``: training resumes with the optimizer state, the update
+    count and the lr schedule of the stock run, instead of fairseq's 'Criterion does not match'."""
+    data, stock = stock_run
+    migrated = tmp_path / "k2ssl.pt"
+    conversion.migrate_checkpoint(stock, migrated, "k2ssl_hubert", criterion="k2ssl_masked_prediction")
+    saved = checkpoints.read_fairseq_checkpoint(stock)["optimizer_history"][-1]
+    rewritten = checkpoints.read_fairseq_checkpoint(migrated)
+    assert rewritten["optimizer_history"][-1]["criterion_name"] == "MaskedPredictionCriterion"
+    assert rewritten["cfg"]["criterion"]["_name"] == "k2ssl_masked_prediction"
+    overrides = stock_hubert_tiny_overrides(data, max_update=saved["num_updates"] + 2) + STOCK_ENCODER_48 + [
+        "model._name=k2ssl_hubert", f"checkpoint.restore_file={migrated}", "criterion._name=k2ssl_masked_prediction"]
+    proc = hydra_train(overrides, tmp_path / "run")
+    log = proc.stdout + proc.stderr
+    updates = [json.loads(line.split(" - ", 1)[1]) for line in log.splitlines() if "[train_inner][INFO] - {" in line]
+    assert [int(u["num_updates"]) for u in updates] == [saved["num_updates"] + 1, saved["num_updates"] + 2]
+    lr_after = float(updates[0]["lr"])
+    stock_log = (stock.parent.parent / "train.log").read_text()
+    stock_lrs = [float(json.loads(line.split(" - ", 1)[1])["lr"]) for line in stock_log.splitlines()
+                 if "[train_inner][INFO] - {" in line]
+    assert lr_after > stock_lrs[-1], "the warm-up continues where the stock run stopped"
+    with pytest.raises(checkpoints.CheckpointMismatchError, match="unknown criterion 'nope'"):
+        conversion.migrate_checkpoint(stock, tmp_path / "x.pt", "k2ssl_hubert", criterion="nope")

@@ -123,14 +123,17 @@ def build_encoder(record: EncoderRecord, model_overrides: Optional[Mapping[str, 
     (config keys the model has) applied.
 
     Raises:
-        ValueError: an override names a key the encoder's model does not have.
+        ValueError: an override names a key the encoder's model does not have, or accepts only to
+            ignore it (the model config's ``IGNORED_KEYS``).
     """
     from fairseq import models as fairseq_models
     from omegaconf import OmegaConf
 
     model_cfg = dict(record.model)
+    dataclass = fairseq_models.MODEL_DATACLASS_REGISTRY.get(model_cfg.get("_name"))
+    ignored = getattr(dataclass, "IGNORED_KEYS", ())
     for key, value in (model_overrides or {}).items():
-        if key not in model_cfg:
+        if key not in model_cfg or key in ignored:
             raise ValueError(f"model.{key}={value} does not apply to a {model_cfg['_name']} encoder "
                              f"(it has no such setting); leave it null")
         model_cfg[key] = value

@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 from unittest import mock
 
 import numpy as np
@@ -96,7 +96,7 @@ def reset_machine_paths(cfg: Mapping[str, Any]) -> Tuple[Dict[str, Any], List[st
     return cfg, dropped
 
 
-def convert_checkpoint(checkpoint: Mapping[str, Any], target: str, name: str
+def convert_checkpoint(checkpoint: Mapping[str, Any], target: str, name: str, criterion: Optional[str] = None
                        ) -> Tuple[Dict[str, Any], List[str]]:
     """Convert a loaded pre-training checkpoint to ``target`` (``hubert`` or ``k2ssl_hubert``).
 
@@ -104,6 +104,9 @@ def convert_checkpoint(checkpoint: Mapping[str, Any], target: str, name: str
         checkpoint: as returned by ``checkpoints.read_fairseq_checkpoint``.
         target: model name to convert to.
         name: how to refer to the checkpoint in errors (its file name).
+        criterion: the criterion training will continue with, if not the checkpoint's: the
+            criterion record is rewritten (:func:`rewrite_criterion`) so that fairseq restores the
+            optimizer state, the update count and the lr schedule instead of refusing to resume.
 
     Returns:
         (the converted checkpoint sharing the source's tensors, the config keys that were reset).
@@ -125,6 +128,8 @@ def convert_checkpoint(checkpoint: Mapping[str, Any], target: str, name: str
     cfg, dropped = rewrite_config(checkpoint["cfg"], target)
     converted = dict(checkpoint)
     converted["cfg"] = cfg
+    if criterion is not None:
+        rewrite_criterion(converted, criterion, name)
     converted["model"] = dict(checkpoint["model"])
     converted["extra_state"] = {
         **(checkpoint.get("extra_state") or {}),
@@ -133,12 +138,41 @@ def convert_checkpoint(checkpoint: Mapping[str, Any], target: str, name: str
     return converted, dropped
 
 
-def migrate_checkpoint(source: Path, destination: Path, target: str, trusted: bool = False
-                       ) -> Tuple[Dict[str, Any], List[str]]:
+def rewrite_criterion(checkpoint: Dict[str, Any], criterion: str, name: str) -> None:
+    """Make ``checkpoint`` a checkpoint of training with ``criterion`` (in place).
+
+    fairseq resumes the optimizer state, the update count and the lr schedule only when the saved
+    criterion's class is the one training continues with ("Criterion does not match; please reset
+    the optimizer" otherwise, and a reset restarts the count and the schedule at 0). The criterion
+    section keeps the saved settings, which must be valid for ``criterion``.
+
+    Raises:
+        CheckpointMismatchError: an unknown criterion, or saved settings it does not have.
+    """
+    from fairseq.criterions import CRITERION_DATACLASS_REGISTRY, CRITERION_REGISTRY
+    from omegaconf import OmegaConf
+
+    if criterion not in CRITERION_REGISTRY:
+        raise CheckpointMismatchError(name, f"unknown criterion {criterion!r}")
+    section = {**(checkpoint["cfg"].get("criterion") or {}), "_name": criterion}
+    try:
+        OmegaConf.merge(OmegaConf.structured(CRITERION_DATACLASS_REGISTRY[criterion]),
+                        {k: v for k, v in section.items() if k != "_name"})
+    except Exception as err:
+        raise CheckpointMismatchError(name, f"its criterion settings do not fit {criterion!r}: {err}") from None
+    checkpoint["cfg"]["criterion"] = section
+    history = [dict(entry) for entry in checkpoint.get("optimizer_history") or []]
+    if history:
+        history[-1]["criterion_name"] = CRITERION_REGISTRY[criterion].__name__
+    checkpoint["optimizer_history"] = history
+
+
+def migrate_checkpoint(source: Path, destination: Path, target: str, trusted: bool = False,
+                       criterion: Optional[str] = None) -> Tuple[Dict[str, Any], List[str]]:
     """Read, convert and write a checkpoint; returns what :func:`convert_checkpoint` returns."""
     if Path(source).resolve() == Path(destination).resolve():
         raise CheckpointMismatchError(source, "refusing to overwrite the source checkpoint")
-    converted, dropped = convert_checkpoint(read_fairseq_checkpoint(source, trusted), target, str(source))
+    converted, dropped = convert_checkpoint(read_fairseq_checkpoint(source, trusted), target, str(source), criterion)
     Path(destination).parent.mkdir(parents=True, exist_ok=True)
     torch.save(converted, destination)
     return converted, dropped

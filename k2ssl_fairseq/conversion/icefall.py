@@ -32,7 +32,7 @@ from omegaconf import OmegaConf
 from ..checkpoints import CheckpointMismatchError, check_state_dict
 from ..data.frames import format_conv_layers, parse_conv_layers
 from ..models.zipformer import without_training_state
-from ..models.zipformer_ssl import ZipformerSslConfig, ZipformerSslModel
+from ..models.zipformer_ssl import ZipformerSslConfig, ZipformerSslModel, conv_layers
 
 NUM_SPECIAL_SYMBOLS = 4
 UNUSED_BYPASS_INIT = 0.5
@@ -82,8 +82,7 @@ def model_config_from_hparams(hparams: Mapping[str, Any], preset: Optional[Mappi
         if key in hparams:
             values[key] = kind(hparams[key])
     if "conv_feature_layers" in hparams:
-        layers = parse_conv_layers(str(hparams["conv_feature_layers"]))
-        values["conv_channels"], values["conv_kernels"], values["conv_strides"] = (list(v) for v in zip(*layers))
+        values["conv_feature_layers"] = format_conv_layers(parse_conv_layers(str(hparams["conv_feature_layers"])))
     missing = [k for k in _PER_STACK_KEYS if k not in values]
     if missing:
         raise ValueError(f"the checkpoint has no {', '.join(missing)} and no preset was given "
@@ -246,8 +245,7 @@ def export_icefall_checkpoint(checkpoint: Mapping[str, Any], source: str = "chec
     out.update({key: _icefall_list(model_cfg[key]) for key in _PER_STACK_KEYS})
     out.update({key: _icefall_list(model_cfg[key]) for key in _HEAD_DIM_KEYS})
     out.update({key: kind(model_cfg[key]) for key, kind in _SCALAR_KEYS.items()})
-    out["conv_feature_layers"] = format_conv_layers(zip(model_cfg.conv_channels, model_cfg.conv_kernels,
-                                                        model_cfg.conv_strides))
+    out["conv_feature_layers"] = format_conv_layers(conv_layers(model_cfg))
     out["num_classes"] = [num_classes]
     out["model"] = state
     state_key = extra_state.get("icefall_state", "model")

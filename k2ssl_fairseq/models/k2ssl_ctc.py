@@ -24,12 +24,13 @@ import torch
 import torch.nn.functional as F
 from fairseq.dataclass import FairseqDataclass
 from fairseq.models import BaseFairseqModel, register_model
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import OmegaConf
 from torch import nn
 
 from .. import checkpoints
 from ..checkpoints import EncoderRecord
 from . import k2ssl_hubert, zipformer_ssl  # noqa: F401  (registers the encoder models)
+from .config_records import record_in_saved_config
 
 #: ``K2sslCtcConfig`` fields that override the encoder config key of the same name when not None.
 ENCODER_OVERRIDES = (
@@ -88,20 +89,6 @@ def build_encoder(record: EncoderRecord, cfg: K2sslCtcConfig) -> BaseFairseqMode
         raise ValueError(f"k2ssl_ctc: {err}") from None
 
 
-def _persist(cfg: DictConfig, key: str, value: Any) -> None:
-    """Set ``cfg.key`` and the same key of the trainer's ``model`` node, which fairseq saves.
-
-    ``fairseq.models.build_model`` hands models a merged copy whose parent is the trainer's root
-    config; writing through the parent is what makes the record reach the checkpoint.
-    """
-    with open_dict(cfg):
-        cfg[key] = value
-    parent = cfg._get_parent() if OmegaConf.is_config(cfg) else None
-    if parent is not None and OmegaConf.is_config(parent.get("model", None)) and parent.model is not cfg:
-        with open_dict(parent.model):
-            parent.model[key] = value
-
-
 @register_model("k2ssl_ctc", dataclass=K2sslCtcConfig)
 class K2sslCtcModel(BaseFairseqModel):
     """Pre-trained encoder + ``Dropout -> Linear(D, vocabulary)`` CTC head (module docstring).
@@ -137,7 +124,7 @@ class K2sslCtcModel(BaseFairseqModel):
             if not cfg.pretrained_weights:
                 weights = None
             _check_task(record, task)
-            _persist(cfg, "encoder", record.to_dict())
+            record_in_saved_config(cfg, {"encoder": record.to_dict()})
         else:
             record = EncoderRecord.from_mapping(stored, cfg.pretrained_path or "model.encoder")
         encoder = build_encoder(record, cfg)

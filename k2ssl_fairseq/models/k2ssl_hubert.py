@@ -45,7 +45,8 @@ from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
 from torch import nn
 
 from ..safe_literals import UnsafeLiteralError, parse_literal
-from .masked_prediction import MaskedPredictionModel, linear_class_logits
+from .config_records import warn_if_stock_hubert_criterion
+from .masked_prediction import MaskedPredictionModel, check_static_masking, linear_class_logits
 
 LOGIT_MODE_CHOICES = ChoiceEnum(["cosine", "linear"])
 
@@ -141,15 +142,10 @@ def _check_supported(cfg: K2sslHubertConfig) -> None:
         parse_literal(str(cfg.conv_feature_layers))
     except UnsafeLiteralError as err:
         raise ValueError(f"model.conv_feature_layers={cfg.conv_feature_layers!r} refused: {err}") from None
+    check_static_masking(cfg, "k2ssl_hubert")
     problems = []
     if cfg.layer_type != "transformer":
         problems.append(f"layer_type={cfg.layer_type!r} (only 'transformer' has an SDPA encoder)")
-    for name in ("mask_selection", "mask_channel_selection"):
-        if str(getattr(cfg, name)) != "static":
-            problems.append(f"{name}={getattr(cfg, name)!r} (the vectorised masking draws 'static' spans)")
-    for name in ("no_mask_overlap", "no_mask_channel_overlap"):
-        if getattr(cfg, name):
-            problems.append(f"{name}=true (the vectorised masking lets spans overlap)")
     if str(cfg.logit_mode) == "linear" and cfg.target_glu:
         problems.append("target_glu=true with logit_mode=linear (there are no label embeddings)")
     if problems:
@@ -187,6 +183,8 @@ class K2sslHubertModel(MaskedPredictionModel, HubertModel):
     @classmethod
     def build_model(cls, cfg: K2sslHubertConfig, task) -> "K2sslHubertModel":
         """Build from a HuBERT-style pre-training task (``cfg.sample_rate`` and ``dictionaries``)."""
+        if str(cfg.logit_mode) == "linear":
+            warn_if_stock_hubert_criterion(cfg, "k2ssl_hubert with logit_mode=linear")
         return cls(cfg, task.cfg, task.dictionaries)
 
     def encode(self, x: torch.Tensor, frame_padding: Optional[torch.Tensor],

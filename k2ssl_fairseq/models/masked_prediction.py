@@ -29,7 +29,7 @@ Definitions both models follow (each tested in ``tests/test_masked_prediction_fr
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -39,6 +39,20 @@ from ..data.masking import span_mask_tensor
 from .conv_frontend import conv_features
 
 Predictions = Tuple[List[Optional[Tensor]], List[Optional[Tensor]]]
+
+
+def check_static_masking(cfg: Any, model_name: str) -> None:
+    """Refuse HuBERT masking settings the vectorised span masking (``data/masking.py``) does not draw:
+    only ``static`` spans, which may overlap, as stock HuBERT's default."""
+    problems = []
+    for name in ("mask_selection", "mask_channel_selection"):
+        if str(getattr(cfg, name, "static")) != "static":
+            problems.append(f"{name}={getattr(cfg, name)!r} (the vectorised masking draws 'static' spans)")
+    for name in ("no_mask_overlap", "no_mask_channel_overlap"):
+        if getattr(cfg, name, False):
+            problems.append(f"{name}=true (the vectorised masking lets spans overlap)")
+    if problems:
+        raise ValueError(f"{model_name} does not support: " + "; ".join(problems))
 
 
 def align_to_labels(features: Tensor, frame_padding: Optional[Tensor], target_list: List[Tensor],

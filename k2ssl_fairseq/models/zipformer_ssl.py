@@ -32,22 +32,41 @@ randomness per batch, so resumed and multi-rank runs are exact (``tests/test_fau
 ``tests/test_distributed.py``).
 """
 
+import logging
 from dataclasses import dataclass, field
-from typing import Any, List, Optional, Sequence
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import BaseFairseqModel, register_model
+from fairseq.models.hubert.hubert import HubertConfig
 from fairseq.models.wav2vec.wav2vec2 import ConvFeatureExtractionModel
 from fairseq.modules import LayerNorm
-from omegaconf import II
+from omegaconf import II, OmegaConf
 from torch import nn
 
-from ..data.frames import conv_stride
-from .masked_prediction import MaskedPredictionModel, linear_class_logits
+from .. import presets
+from ..data.frames import conv_stride, parse_conv_layers
+from ..stock_settings import log_ignored, plain
+from .config_records import record_in_saved_config, warn_if_stock_hubert_criterion
+from .masked_prediction import MaskedPredictionModel, check_static_masking, linear_class_logits
 from .zipformer import Zipformer2, end_whitening_update, set_batch_count
 
-EXTRACTOR_MODE_CHOICES = ChoiceEnum(["default", "layer_norm"])
+logger = logging.getLogger(__name__)
+
+#: Settings that define the network; ``model.preset`` sets them all at once.
+ARCHITECTURE_KEYS = ("conv_feature_layers", "extractor_mode", "conv_bias", "num_encoder_layers",
+                     "downsampling_factor", "encoder_dim", "feedforward_dim", "num_heads", "encoder_unmasked_dim",
+                     "cnn_module_kernel", "query_head_dim", "value_head_dim", "pos_head_dim", "pos_dim")
+#: Size presets of ``model.preset`` (``k2ssl_fairseq/config/pretrain/zipformer_<name>.yaml``).
+PRESETS = ("tiny", "base", "large")
+#: Stock HuBERT settings with no meaning for this model (its encoder and head are not HuBERT's): a
+#: stock yaml may carry them, and those not at HuBERT's default are named once in the log.
+IGNORED_HUBERT_KEYS = ("encoder_layers", "encoder_embed_dim", "encoder_ffn_embed_dim", "encoder_attention_heads",
+                       "activation_fn", "layer_type", "dropout", "attention_dropout", "activation_dropout",
+                       "encoder_layerdrop", "dropout_features", "final_dim", "untie_final_proj", "layer_norm_first",
+                       "target_glu", "mask_other", "mask_min_space", "mask_channel_other", "mask_channel_min_space",
+                       "conv_pos", "conv_pos_groups", "conv_pos_batch_norm", "latent_temp", "checkpoint_activations",
+                       "required_seq_len_multiple", "depthwise_conv_kernel_size", "attn_type", "pos_enc_type", "fp16")
 
 
 def _stack_field(default: Sequence[int], help_text: str):
@@ -56,22 +75,29 @@ def _stack_field(default: Sequence[int], help_text: str):
 
 
 @dataclass
-class ZipformerSslConfig(FairseqDataclass):
-    """Model settings; defaults are icefall's Zipformer Base (the k2SSL Base pre-training run)."""
+class ZipformerSslConfig(HubertConfig):
+    """Model settings; defaults are icefall's Zipformer Base (the k2SSL Base pre-training run).
 
-    label_rate: float = field(default=II("task.label_rate"), metadata={"help": "label frames per second (50 for k2SSL's k-means labels)"})
+    Every key of stock HuBERT's model config is accepted, so ``model._name=zipformer_ssl`` switches
+    an existing HuBERT yaml. Those with a meaning here keep it (``label_rate``, ``extractor_mode``,
+    ``conv_feature_layers``, ``conv_bias``, ``logit_temp``, ``feature_grad_mult``, the time and channel
+    masking settings, ``dropout_input``, ``skip_masked``, ``skip_nomask``); the others
+    (:data:`IGNORED_HUBERT_KEYS`) are ignored and named in the log.
+    """
+
+    #: Keys it accepts and ignores (``checkpoints.build_encoder`` refuses overrides of them).
+    IGNORED_KEYS: ClassVar[Tuple[str, ...]] = IGNORED_HUBERT_KEYS
+
     sample_rate: int = field(default=II("task.sample_rate"), metadata={"help": "audio samples per second of the input waveform"})
-
-    extractor_mode: EXTRACTOR_MODE_CHOICES = field(
-        default="default",
-        metadata={"help": "CNN normalisation: 'default' = GroupNorm after the first conv only (k2SSL Base), "
-                          "'layer_norm' = LayerNorm after every conv"})
-    conv_channels: List[int] = field(default_factory=lambda: [512] * 7, metadata={"help": "output channels of each CNN layer"})
-    conv_kernels: List[int] = field(default_factory=lambda: [10, 3, 3, 3, 3, 2, 2], metadata={"help": "kernel size of each CNN layer"})
-    conv_strides: List[int] = field(default_factory=lambda: [5, 2, 2, 2, 2, 2, 2], metadata={"help": "stride of each CNN layer (product 320 = 50 Hz at 16 kHz)"})
-    conv_bias: bool = field(default=False, metadata={"help": "give the CNN convolutions a bias"})
-    feature_grad_mult: float = field(default=1.0, metadata={"help": "gradient multiplier into the CNN (0 freezes it; k2SSL Base 0.1)"})
-    dropout_input: float = field(default=0.0, metadata={"help": "dropout on the projected CNN features, before masking"})
+    preset: Optional[str] = field(
+        default=None, metadata={"help": f"size preset: one of {', '.join(PRESETS)}; sets the architecture keys "
+                                        f"({', '.join(ARCHITECTURE_KEYS)}) to those of "
+                                        "config/pretrain/zipformer_<preset>.yaml"})
+    conv_channels: Optional[List[int]] = field(
+        default=None, metadata={"help": "older form of conv_feature_layers (with conv_kernels and conv_strides), "
+                                        "read from earlier checkpoints; when set it replaces conv_feature_layers"})
+    conv_kernels: Optional[List[int]] = field(default=None, metadata={"help": "see conv_channels"})
+    conv_strides: Optional[List[int]] = field(default=None, metadata={"help": "see conv_channels"})
 
     num_encoder_layers: List[int] = _stack_field([2, 2, 3, 4, 3, 2], "Zipformer2 layers per stack")
     downsampling_factor: List[int] = _stack_field([1, 2, 4, 8, 4, 2], "frame-rate reduction of each stack")
@@ -90,13 +116,8 @@ class ZipformerSslConfig(FairseqDataclass):
         default=4, metadata={"help": "positional-query dimension per attention head: one value, or one per stack"})
     pos_dim: int = field(default=48, metadata={"help": "dimension of the relative positional encoding"})
 
-    mask_prob: float = field(default=0.65, metadata={"help": "HuBERT span-mask probability (k2SSL recipes: 0.8)"})
-    mask_length: int = field(default=10, metadata={"help": "span length of the time mask, in frames"})
     mask_min_masks: int = field(default=2, metadata={"help": "minimum number of masked spans per utterance "
                                                              "(as the task's setting of that name)"})
-    logit_temp: float = field(default=0.1, metadata={"help": "the class logits are final_proj(x) / logit_temp"})
-    skip_nomask: bool = field(default=False, metadata={"help": "do not compute logits on unmasked frames (they are only logged when pred_nomask_weight is 0)"})
-
     ref_duration: float = field(default=600.0, metadata={"help": "k2SSL's reference batch duration in seconds for the schedules' batch count"})
     batch_count_interval: int = field(
         default=10, metadata={"help": "updates between refreshes of the schedules' batch count (k2SSL: every 10 "
@@ -106,6 +127,41 @@ class ZipformerSslConfig(FairseqDataclass):
         metadata={"help": "audio seconds per optimizer update over all workers and accumulation steps "
                           "(max duration per batch x world size x update_freq); the schedules run on "
                           "num_updates * seconds_per_update / ref_duration. None: on num_updates itself"})
+
+
+def conv_layers(cfg: ZipformerSslConfig) -> Tuple[Tuple[int, int, int], ...]:
+    """The CNN layout ``(channels, kernel, stride)`` per layer: ``conv_channels``/``conv_kernels``/
+    ``conv_strides`` when set (earlier checkpoints), else ``conv_feature_layers`` read as data."""
+    lists = (cfg.conv_channels, cfg.conv_kernels, cfg.conv_strides)
+    if all(values is None for values in lists):
+        return parse_conv_layers(str(cfg.conv_feature_layers))
+    if any(values is None for values in lists) or len({len(values) for values in lists}) != 1:
+        raise ValueError("conv_channels, conv_kernels and conv_strides must be set together, with one entry per "
+                         f"CNN layer; got {[None if v is None else list(v) for v in lists]}")
+    return tuple(zip(*(map(int, values) for values in lists)))
+
+
+def resolve_preset(cfg: ZipformerSslConfig) -> Dict[str, Any]:
+    """The architecture values ``cfg.preset`` stands for (empty without a preset).
+
+    Raises:
+        ValueError: an unknown preset, or an architecture key set to a value other than both its
+            default and the preset's (say which one you mean).
+    """
+    if not cfg.preset:
+        return {}
+    if cfg.preset not in PRESETS:
+        raise ValueError(f"zipformer_ssl: model.preset={cfg.preset!r}; the presets are {', '.join(PRESETS)}")
+    section = presets.model_section("pretrain", f"zipformer_{cfg.preset}")
+    defaults = ZipformerSslConfig()
+    values = {}
+    for key in ARCHITECTURE_KEYS:
+        given, wanted = plain(getattr(cfg, key)), plain(section[key])
+        if given != wanted and given != plain(getattr(defaults, key)):
+            raise ValueError(f"zipformer_ssl: model.{key}={given} conflicts with model.preset={cfg.preset} "
+                             f"({key}={wanted}); drop one of them")
+        values[key] = wanted
+    return values
 
 
 @register_model("zipformer_ssl", dataclass=ZipformerSslConfig)
@@ -122,12 +178,13 @@ class ZipformerSslModel(MaskedPredictionModel, BaseFairseqModel):
 
     def __init__(self, cfg: ZipformerSslConfig, num_classes: Sequence[int]) -> None:
         super().__init__()
+        check_static_masking(cfg, self.model_name)
+        architecture = resolve_preset(cfg)
+        if architecture:
+            cfg = OmegaConf.merge(cfg, {**architecture, "preset": None})
         self.cfg = cfg
         self.num_classes = [int(n) for n in num_classes]
-        if not (len(cfg.conv_channels) == len(cfg.conv_kernels) == len(cfg.conv_strides)):
-            raise ValueError("conv_channels, conv_kernels and conv_strides must have the same length, got "
-                             f"{len(cfg.conv_channels)}, {len(cfg.conv_kernels)}, {len(cfg.conv_strides)}")
-        self.conv_layers = list(zip(cfg.conv_channels, cfg.conv_kernels, cfg.conv_strides))
+        self.conv_layers = list(conv_layers(cfg))
         self.frames_per_label = cfg.label_rate * conv_stride(self.conv_layers) / cfg.sample_rate
         cnn_dim = self.conv_layers[-1][0]
         model_dim = cfg.encoder_dim[0]
@@ -157,14 +214,21 @@ class ZipformerSslModel(MaskedPredictionModel, BaseFairseqModel):
         # What the shared front half reads (MaskedPredictionModel).
         self.feature_grad_mult = cfg.feature_grad_mult
         self.mask_prob, self.mask_length, self.mask_min_masks = cfg.mask_prob, cfg.mask_length, cfg.mask_min_masks
-        self.mask_channel_prob, self.mask_channel_length = 0.0, 0
-        self.skip_masked, self.skip_nomask = False, cfg.skip_nomask
+        self.mask_channel_prob, self.mask_channel_length = cfg.mask_channel_prob, cfg.mask_channel_length
+        self.skip_masked, self.skip_nomask = cfg.skip_masked, cfg.skip_nomask
         self.logit_temp = cfg.logit_temp
 
     @classmethod
     def build_model(cls, cfg: ZipformerSslConfig, task) -> "ZipformerSslModel":
-        """Build from the task's label dictionaries (``task.dictionaries``, as stock HuBERT tasks have)."""
-        return cls(cfg, [len(d) for d in task.dictionaries])
+        """Build from the task's label dictionaries (``task.dictionaries``, as stock HuBERT tasks have);
+        the resolved architecture of a preset is recorded in the config fairseq saves, and stock
+        HuBERT settings this model ignores are named in the log."""
+        model = cls(cfg, [len(d) for d in task.dictionaries])
+        log_ignored("zipformer_ssl", cfg, HubertConfig, IGNORED_HUBERT_KEYS)
+        if cfg.preset:
+            record_in_saved_config(cfg, {**resolve_preset(cfg), "preset": None})
+        warn_if_stock_hubert_criterion(cfg, cls.model_name)
+        return model
 
     def set_num_updates(self, num_updates: int) -> None:
         """fairseq calls this before every batch (and on load) with the update count. When the count

@@ -21,10 +21,11 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Dict, List
 
-from fairseq.dataclass import FairseqDataclass
 from fairseq.optim.lr_scheduler import FairseqLRScheduler, register_lr_scheduler
+from fairseq.optim.lr_scheduler.polynomial_decay_schedule import PolynomialDecayLRScheduleConfig
 from omegaconf import II
 
+from ..stock_settings import log_ignored
 from .eden import EdenSchedule
 
 logger = logging.getLogger(__name__)
@@ -32,8 +33,17 @@ logger = logging.getLogger(__name__)
 SECONDS_PER_HOUR = 3600.0
 
 
+#: Polynomial-decay settings a stock yaml carries that Eden has no use for (accepted, and named in the
+#: log; ``total_num_update`` is only an interpolation of ``optimization.max_update``).
+IGNORED_POLYNOMIAL_DECAY_KEYS = ("warmup_updates", "force_anneal", "end_learning_rate", "power")
+
+
 @dataclass
-class EdenLRScheduleConfig(FairseqDataclass):
+class EdenLRScheduleConfig(PolynomialDecayLRScheduleConfig):
+    """Eden's settings. Extends fairseq's polynomial-decay config, so ``lr_scheduler._name=eden``
+    switches a stock yaml; that schedule's own keys (:data:`IGNORED_POLYNOMIAL_DECAY_KEYS`) are
+    ignored: Eden warms up over ``warmup_batches`` and decays by its own formula."""
+
     lr_batches: float = field(
         default=7500, metadata={"help": "Eden B: updates after which the lr decays noticeably (k2SSL 7500)"}
     )
@@ -68,6 +78,7 @@ class EdenLRScheduler(FairseqLRScheduler):
 
     def __init__(self, cfg: EdenLRScheduleConfig, optimizer):
         super().__init__(cfg, optimizer)
+        log_ignored("lr_scheduler=eden", cfg, PolynomialDecayLRScheduleConfig, IGNORED_POLYNOMIAL_DECAY_KEYS)
         self.base_lr = _single_lr(cfg.lr)
         self.by_hours = cfg.lr_hours > 0
         decay_span = cfg.lr_hours if self.by_hours else cfg.lr_epochs

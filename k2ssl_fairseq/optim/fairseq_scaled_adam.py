@@ -21,19 +21,29 @@ import logging
 from dataclasses import dataclass, field
 from typing import Dict, List
 
-from fairseq.dataclass import FairseqDataclass
 from fairseq.logging import metrics
 from fairseq.optim import FairseqOptimizer, register_optimizer
+from fairseq.optim.adam import FairseqAdamConfig
 from omegaconf import II
 
+from ..stock_settings import log_ignored
 from .param_names import parameter_names
 from .scaled_adam import ScaledAdam
 
 logger = logging.getLogger(__name__)
 
 
+#: Adam settings a stock yaml carries that ScaledAdam has no use for (accepted, and named in the log).
+IGNORED_ADAM_KEYS = ("adam_betas", "adam_eps", "weight_decay", "use_old_adam", "fp16_adam_stats")
+
+
 @dataclass
-class ScaledAdamConfig(FairseqDataclass):
+class ScaledAdamConfig(FairseqAdamConfig):
+    """ScaledAdam's settings. Extends fairseq's Adam config, so ``optimizer._name=scaled_adam``
+    switches a stock yaml; Adam's own keys (:data:`IGNORED_ADAM_KEYS`) are ignored. ScaledAdam has
+    no weight decay (its learned scale and ``param_max_rms`` bound tensor sizes) and its own
+    ``betas`` and ``eps``."""
+
     clipping_scale: float = field(
         default=2.0,
         metadata={"help": "clip gradients to this times the median gradient norm of the last "
@@ -76,6 +86,7 @@ class FairseqScaledAdam(FairseqOptimizer):
     def __init__(self, cfg: ScaledAdamConfig, params):
         super().__init__(cfg)
         _check_precision_settings(cfg)
+        log_ignored("optimizer=scaled_adam", cfg, FairseqAdamConfig, IGNORED_ADAM_KEYS)
         if cfg.clip_norm > 0 and cfg.clipping_scale > 0:
             logger.warning("optimizer=scaled_adam clips gradients itself (clipping_scale=%s), but "
                            "optimization.clip_norm=%s clips them first; set optimization.clip_norm=0",
