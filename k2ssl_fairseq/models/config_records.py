@@ -1,9 +1,10 @@
-"""What a model writes into, or reads from, the whole training config fairseq holds and saves.
+"""What a model or task writes into, or reads from, the whole training config fairseq holds and saves.
 
-fairseq's ``build_model`` hands a model a merged copy of ``cfg.model`` whose parent is the trainer's
-root config; that root is what the checkpoint stores. Writing through the parent makes a value that
-the model settles at build time (a pre-trained encoder's record, a preset's architecture) part of
-the saved config, and the parent tells the model which criterion it will be trained with.
+fairseq hands a model (and a task) a merged copy of ``cfg.model`` (``cfg.task``) whose parent is the
+trainer's root config; that root is what the checkpoint stores and what fairseq's training loop
+reads. Writing through the parent makes a value settled at build time (a pre-trained encoder's
+record, a preset's architecture, an absolute data path) part of the saved config, and the parent
+tells the model which criterion it will be trained with.
 """
 from __future__ import annotations
 
@@ -15,16 +16,17 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 logger = logging.getLogger(__name__)
 
 
-def _root_model(cfg: Any) -> Optional[DictConfig]:
+def _root_section(cfg: Any, section: str) -> Optional[DictConfig]:
     parent = cfg._get_parent() if OmegaConf.is_config(cfg) else None
-    if parent is None or not OmegaConf.is_config(parent.get("model", None)) or parent.model is cfg:
+    if parent is None or not OmegaConf.is_config(parent.get(section, None)) or parent[section] is cfg:
         return None
-    return parent.model
+    return parent[section]
 
 
-def record_in_saved_config(cfg: Any, values: Mapping[str, Any]) -> None:
-    """Set ``values`` on ``cfg`` and on the trainer's ``model`` config, which fairseq saves."""
-    for target in (cfg, _root_model(cfg)):
+def record_in_saved_config(cfg: Any, values: Mapping[str, Any], section: str = "model") -> None:
+    """Set ``values`` on ``cfg`` and on the trainer's config ``section`` (which fairseq saves and
+    its training loop reads)."""
+    for target in (cfg, _root_section(cfg, section)):
         if target is not None and OmegaConf.is_config(target):
             with open_dict(target):
                 for key, value in values.items():

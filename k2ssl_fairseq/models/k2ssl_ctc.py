@@ -29,6 +29,7 @@ from torch import nn
 
 from .. import checkpoints
 from ..checkpoints import EncoderRecord
+from ..paths import from_launch_dir
 from . import k2ssl_hubert, zipformer_ssl  # noqa: F401  (registers the encoder models)
 from .config_records import record_in_saved_config
 
@@ -120,7 +121,8 @@ class K2sslCtcModel(BaseFairseqModel):
         if stored is None:
             if not cfg.pretrained_path:
                 raise ValueError("k2ssl_ctc: set model.pretrained_path to a pre-training checkpoint")
-            record, weights = checkpoints.record_from_pretraining(cfg.pretrained_path)
+            record, weights = checkpoints.record_from_pretraining(from_launch_dir(cfg.pretrained_path,
+                                                                                  "model.pretrained_path"))
             if not cfg.pretrained_weights:
                 weights = None
             _check_task(record, task)

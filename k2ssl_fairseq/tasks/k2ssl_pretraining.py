@@ -28,7 +28,9 @@ from ..data.dataset import BucketedAudioDataset, LabelSettings, MaskSettings
 from ..data.dictionary import load_dictionary
 from ..data.frames import WAV2VEC2_CONV_LAYERS
 from ..data.index import IndexSettings, LabelSource, build_index
+from ..models.config_records import record_in_saved_config
 from ..optim.param_names import tag_parameter_names
+from ..paths import from_launch_dir
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +82,8 @@ class K2sslPretrainingTask(HubertPretrainingTask):
     cfg: K2sslPretrainingConfig
 
     def __init__(self, cfg: K2sslPretrainingConfig) -> None:
+        record_in_saved_config(cfg, {"data": from_launch_dir(cfg.data, "task.data"),
+                                     "label_dir": from_launch_dir(cfg.label_dir, "task.label_dir")}, "task")
         super().__init__(cfg)
         self.mask_settings: Optional[MaskSettings] = None
         self._last_step_end: Optional[float] = None
