@@ -123,10 +123,11 @@ def write_json(path: Path, payload: Any) -> None:
 
 
 def hydra_train_command(overrides: Sequence[str], run_dir: Path, config_dir: Optional[Path] = None,
-                        config_name: str = "hubert_base_librispeech") -> List[str]:
-    """The ``fairseq-hydra-train`` command line :func:`hydra_train` runs."""
+                        config_name: str = "hubert_base_librispeech",
+                        executable: str = "fairseq-hydra-train") -> List[str]:
+    """The ``fairseq-hydra-train`` (or ``k2ssl-hydra-train``) command line :func:`hydra_train` runs."""
     run_dir = Path(run_dir).resolve()
-    exe = Path(sys.executable).parent / "fairseq-hydra-train"
+    exe = Path(sys.executable).parent / executable
     return [
         str(exe), "--config-dir", str(config_dir or stock_hubert_config_dir()), "--config-name", config_name,
         f"hydra.run.dir={run_dir}", f"checkpoint.save_dir={run_dir / 'ckpt'}", f"common.user_dir={PLUGIN_DIR}",
@@ -145,22 +146,25 @@ def hydra_train(
     timeout: float = 900,
     env: Optional[Mapping[str, str]] = None,
     check: bool = True,
+    cwd: Optional[Path] = None,
+    executable: str = "fairseq-hydra-train",
 ) -> subprocess.CompletedProcess:
     """Run fairseq's own ``fairseq-hydra-train`` in a subprocess with the plugin as ``common.user_dir``.
 
     CPU-friendly defaults (cpu, fp32, no tensorboard, one process, no workers, log every update) come
-    first so the caller's overrides win. Checkpoints go to ``run_dir/ckpt``.
+    first so the caller's overrides win. Checkpoints go to ``run_dir/ckpt``. The process starts in
+    ``cwd`` (default ``run_dir``); ``executable`` may be ``k2ssl-hydra-train``.
 
     Raises:
         RuntimeError: with the tail of the log when the run fails and ``check`` is set.
     """
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    cmd = hydra_train_command(overrides, run_dir, config_dir, config_name)
+    cmd = hydra_train_command(overrides, run_dir, config_dir, config_name, executable)
     full_env = dict(os.environ)
     full_env.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
     full_env.update(env or {})
-    proc = subprocess.run(cmd, cwd=run_dir, env=full_env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=cwd or run_dir, env=full_env, capture_output=True, text=True, timeout=timeout)
     (run_dir / "train.log").write_text(proc.stdout + proc.stderr)
     if check and proc.returncode != 0:
         tail = (proc.stdout + proc.stderr)[-6000:]

@@ -32,6 +32,7 @@ from ..checkpoints import EncoderRecord
 from ..paths import from_launch_dir
 from . import k2ssl_hubert, zipformer_ssl  # noqa: F401  (registers the encoder models)
 from .config_records import record_in_saved_config
+from .summary import ParameterTableRepr
 
 #: ``K2sslCtcConfig`` fields that override the encoder config key of the same name when not None.
 ENCODER_OVERRIDES = (
@@ -91,7 +92,7 @@ def build_encoder(record: EncoderRecord, cfg: K2sslCtcConfig) -> BaseFairseqMode
 
 
 @register_model("k2ssl_ctc", dataclass=K2sslCtcConfig)
-class K2sslCtcModel(BaseFairseqModel):
+class K2sslCtcModel(ParameterTableRepr, BaseFairseqModel):
     """Pre-trained encoder + ``Dropout -> Linear(D, vocabulary)`` CTC head (module docstring).
 
     Args:

@@ -47,6 +47,7 @@ from torch import nn
 from ..safe_literals import UnsafeLiteralError, parse_literal
 from .config_records import warn_if_stock_hubert_criterion
 from .masked_prediction import MaskedPredictionModel, check_static_masking, linear_class_logits
+from .summary import ParameterTableRepr
 
 LOGIT_MODE_CHOICES = ChoiceEnum(["cosine", "linear"])
 
@@ -153,7 +154,7 @@ def _check_supported(cfg: K2sslHubertConfig) -> None:
 
 
 @register_model("k2ssl_hubert", dataclass=K2sslHubertConfig)
-class K2sslHubertModel(MaskedPredictionModel, HubertModel):
+class K2sslHubertModel(ParameterTableRepr, MaskedPredictionModel, HubertModel):
     """Stock HuBERT with SDPA attention, cheap exact cosine logits or a linear head (module doc), on
     the shared masked-prediction front half (stock CNN statistics)."""
 

@@ -49,6 +49,7 @@ from ..data.frames import conv_stride, parse_conv_layers
 from ..stock_settings import log_ignored, plain
 from .config_records import record_in_saved_config, warn_if_stock_hubert_criterion
 from .masked_prediction import MaskedPredictionModel, check_static_masking, linear_class_logits
+from .summary import ParameterTableRepr
 from .zipformer import Zipformer2, end_whitening_update, set_batch_count
 
 logger = logging.getLogger(__name__)
@@ -165,7 +166,7 @@ def resolve_preset(cfg: ZipformerSslConfig) -> Dict[str, Any]:
 
 
 @register_model("zipformer_ssl", dataclass=ZipformerSslConfig)
-class ZipformerSslModel(MaskedPredictionModel, BaseFairseqModel):
+class ZipformerSslModel(ParameterTableRepr, MaskedPredictionModel, BaseFairseqModel):
     """Zipformer SSL model (k2SSL) with stock HuBERT's model interface (``MaskedPredictionModel``).
 
     Args:
