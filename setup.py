@@ -19,6 +19,17 @@ setup(
         "console_scripts": [
             "k2ssl-hydra-train=k2ssl_fairseq.cli:hydra_train",
             "k2ssl-benchmark=k2ssl_fairseq.bench.ab:main",
+            "k2ssl-info=k2ssl_fairseq.tools.info:main",
+            "k2ssl-decode=k2ssl_fairseq.tools.decode_ctc:main",
+            "k2ssl-dump-features=k2ssl_fairseq.tools.dump_features:main",
+            "k2ssl-dump-labels=k2ssl_fairseq.tools.dump_labels:main",
+            "k2ssl-export-icefall=k2ssl_fairseq.tools.export_icefall_checkpoint:main",
+            "k2ssl-import-icefall=k2ssl_fairseq.tools.import_icefall_checkpoint:main",
+            "k2ssl-learn-kmeans=k2ssl_fairseq.tools.learn_kmeans:main",
+            "k2ssl-make-demo-corpus=k2ssl_fairseq.tools.make_demo_corpus:main",
+            "k2ssl-make-labels=k2ssl_fairseq.tools.make_labels:main",
+            "k2ssl-migrate=k2ssl_fairseq.tools.migrate_checkpoint:main",
+            "k2ssl-validate-corpus=k2ssl_fairseq.tools.validate_corpus:main",
         ]
     },
 )

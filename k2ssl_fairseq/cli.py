@@ -1,7 +1,10 @@
 """``k2ssl-hydra-train``: fairseq's own ``fairseq-hydra-train`` with the plugin imported first.
 
-Two conveniences over the stock entry point, both plain rewrites of the command line
-(:func:`component_overrides`), then fairseq's ``cli_main`` unchanged:
+Three conveniences over the stock entry point, all plain rewrites of the command line
+(:func:`preset_arguments`, :func:`component_overrides`), then fairseq's ``cli_main`` unchanged:
+
+* ``--config-name pretrain/zipformer_base`` (any ``KIND/NAME`` that ``k2ssl-info --presets`` lists)
+  without ``--config-dir`` runs the preset shipped inside the package.
 
 * ``model=zipformer_ssl`` (or ``+model=...``) switches the component the way ``model._name=...``
   does, keeping every setting of the yaml, for ``model``, ``task``, ``criterion``, ``optimizer`` and
@@ -68,13 +71,31 @@ def component_overrides(argv: Sequence[str]) -> List[str]:
     return rewritten
 
 
+def preset_arguments(argv: Sequence[str]) -> List[str]:
+    """``--config-name KIND/NAME`` (``-cn``) as ``--config-dir <package>/config/KIND --config-name NAME``
+    when no config directory is given and the package ships that preset; everything else unchanged."""
+    from . import presets
+
+    args = list(argv)
+    if any(arg in ("--config-dir", "-cd", "--config-path", "-cp") or arg.startswith("--config-dir=")
+           for arg in args):
+        return args
+    for position, arg in enumerate(args[:-1]):
+        kind, _, name = args[position + 1].partition("/")
+        if arg in ("--config-name", "-cn") and kind in presets.KINDS and name in presets.names(kind):
+            return [*args[:position], "--config-dir", str(presets.config_dir(kind)), "--config-name", name,
+                    *args[position + 2:]]
+    return args
+
+
 def hydra_train() -> None:
     """Console entry point."""
     from fairseq_cli.hydra_train import cli_main  # configures logging, so the plugin's start-up line shows
 
-    import k2ssl_fairseq  # noqa: F401  (registers the plugin before composition)
+    from . import registration
 
-    sys.argv = [sys.argv[0], *component_overrides(sys.argv[1:]), *torchrun_overrides()]
+    registration.register()  # before Hydra composes the config, which needs the plugin's dataclasses
+    sys.argv = [sys.argv[0], *component_overrides(preset_arguments(sys.argv[1:])), *torchrun_overrides()]
     cli_main()
 
 

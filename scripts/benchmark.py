@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
-"""A/B benchmark: stock fairseq HuBERT vs the plugin's systems (see k2ssl_fairseq/bench/ab.py)."""
+"""``k2ssl-benchmark`` for a clone without the entry points installed: see k2ssl_fairseq/bench/ab.py."""
+import sys
+
 from k2ssl_fairseq.bench.ab import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

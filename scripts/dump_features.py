@@ -1,35 +1,8 @@
 #!/usr/bin/env python3
-"""Dump one shard of a split's features as fairseq's ``{split}_{rank}_{nshard}.npy`` + ``.len``.
-
-Example (iteration 1, MFCC at 100 Hz, shard 0 of 4):
-    python scripts/dump_features.py --tsv-dir data --split train --feat-dir feats --nshard 4 --rank 0
-Example (iteration 2, layer 6 of a checkpoint, on a GPU):
-    python scripts/dump_features.py --tsv-dir data --split train --feat-dir feats \\
-        --feature checkpoint --checkpoint ckpt/checkpoint_best.pt --layer 6 --device cuda
-"""
-import argparse
+"""``k2ssl-dump-features`` for a clone without the entry points installed (same arguments): see k2ssl_fairseq/tools/dump_features.py."""
 import sys
-from pathlib import Path
 
-from k2ssl_fairseq.labels import build_extractor, dump_features
-from k2ssl_fairseq.labels.cli import add_feature_arguments, feature_spec_from_args, run_reporting_errors
-from k2ssl_fairseq.labels.pipeline import ProgressPrinter
-
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tsv-dir", type=Path, required=True, help="directory holding {split}.tsv")
-    parser.add_argument("--split", required=True, help="manifest name without .tsv")
-    parser.add_argument("--feat-dir", type=Path, required=True, help="output directory")
-    parser.add_argument("--nshard", type=int, default=1, help="number of shards the split is cut into")
-    parser.add_argument("--rank", type=int, default=0, help="which shard to dump, 0-based")
-    add_feature_arguments(parser)
-    args = parser.parse_args(argv)
-    extractor = build_extractor(feature_spec_from_args(args))
-    npy_path = dump_features(args.tsv_dir / f"{args.split}.tsv", extractor, args.feat_dir, args.nshard, args.rank,
-                             progress=ProgressPrinter(f"{args.split} shard {args.rank}/{args.nshard}", print))
-    print(f"wrote {npy_path} and {npy_path.with_suffix('.len')} ({extractor.frame_rate:g} Hz)")
-
+from k2ssl_fairseq.tools.dump_features import main
 
 if __name__ == "__main__":
-    sys.exit(run_reporting_errors(main))
+    sys.exit(main())

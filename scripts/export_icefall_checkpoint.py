@@ -1,41 +1,8 @@
-#!/usr/bin/env python
-"""Write a fairseq ``zipformer_ssl`` checkpoint as an icefall k2SSL checkpoint.
-
-Example:
-    python scripts/export_icefall_checkpoint.py checkpoints/checkpoint_last.pt epoch-0.pt
-
-The output holds ``model`` (the state dict with icefall's head-row order and its unused parameters
-restored) and the architecture hyper-parameters as icefall's top-level strings, so icefall's
-fine-tuning scripts can load it with ``--pretrained-dir``.
-"""
-import argparse
+#!/usr/bin/env python3
+"""``k2ssl-export-icefall`` for a clone without the entry points installed (same arguments): see k2ssl_fairseq/tools/export_icefall_checkpoint.py."""
 import sys
-from pathlib import Path
 
-import torch
-
-import k2ssl_fairseq  # noqa: F401  (the loading fix)
-from k2ssl_fairseq import checkpoints
-from k2ssl_fairseq.conversion.icefall import export_icefall_checkpoint
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("input", type=Path, help="fairseq zipformer_ssl checkpoint (.pt)")
-    parser.add_argument("output", type=Path, help="icefall checkpoint to write")
-    parser.add_argument("--trusted-checkpoint", action="store_true",
-                        help="the input may hold arbitrary pickled objects; load it fully")
-    args = parser.parse_args()
-
-    try:
-        checkpoint = checkpoints.load_checkpoint(args.input, trusted=args.trusted_checkpoint)
-        converted = export_icefall_checkpoint(checkpoint, source=str(args.input))
-    except checkpoints.CheckpointError as err:
-        sys.exit(f"error: {err}")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(converted, args.output)
-    print(f"wrote {args.output}: {len(converted['model'])} tensors")
-
+from k2ssl_fairseq.tools.export_icefall_checkpoint import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

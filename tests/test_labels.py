@@ -1,5 +1,5 @@
 """Label pipeline (MFCC/fbank → faiss k-means → .km): fairseq formats, frame counts, seeds, shards, errors."""
-import importlib.util
+import importlib
 import shutil
 import sys
 import types
@@ -33,21 +33,12 @@ from k2ssl_fairseq.labels import (
     sample_frames,
     write_shard_labels,
 )
-from k2ssl_fairseq.labels.cli import run_reporting_errors
 
-REPO = Path(__file__).resolve().parents[1]
 NUM_CLUSTERS = 8
 
 
 def quiet(_message: str) -> None:
     """Log sink for make_labels in tests."""
-
-
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +181,7 @@ def test_frame_counts_that_disagree_with_the_manifest_are_reported(corpus, label
         open_feature_shard(feat_dir, "train", 1, 2)
     argv = ["--feat-dir", str(feat_dir), "--split", "train", "--nshard", "2", "--km-path",
             str(labels_50hz / "kmeans.npy"), "--lab-dir", str(tmp_path / "labels")]
-    assert run_reporting_errors(_load_script("dump_labels").main, argv) == 1
+    assert importlib.import_module("k2ssl_fairseq.tools.dump_labels").main(argv) == 1
 
 
 def test_manifest_that_lies_about_audio_length_is_reported(corpus, tmp_path):
@@ -224,17 +215,18 @@ def test_mixed_dimensions_and_empty_shards_are_reported(corpus, tmp_path):
 
 def test_cli_scripts_run_the_recipe_step_by_step(corpus, tmp_path, capsys):
     feat_dir, lab_dir, km_path = tmp_path / "features", tmp_path / "labels", tmp_path / "km.npy"
-    dump, learn, label = (_load_script(name) for name in ("dump_features", "learn_kmeans", "dump_labels"))
+    dump, learn, label = (importlib.import_module(f"k2ssl_fairseq.tools.{name}")
+                          for name in ("dump_features", "learn_kmeans", "dump_labels"))
     for rank in range(2):
-        assert run_reporting_errors(dump.main, ["--tsv-dir", str(corpus), "--split", "valid", "--feat-dir",
+        assert dump.main(["--tsv-dir", str(corpus), "--split", "valid", "--feat-dir",
                                                 str(feat_dir), "--nshard", "2", "--rank", str(rank)]) == 0
-    assert run_reporting_errors(learn.main, ["--feat-dir", str(feat_dir), "--split", "valid", "--nshard", "2",
+    assert learn.main(["--feat-dir", str(feat_dir), "--split", "valid", "--nshard", "2",
                                              "--n-clusters", "4", "--km-path", str(km_path)]) == 0
-    assert run_reporting_errors(label.main, ["--feat-dir", str(feat_dir), "--split", "valid", "--nshard", "2",
+    assert label.main(["--feat-dir", str(feat_dir), "--split", "valid", "--nshard", "2",
                                              "--km-path", str(km_path), "--lab-dir", str(lab_dir), "--tsv-dir",
                                              str(corpus), "--label-rate", "100", "--merge"]) == 0
     assert (lab_dir / "dict.km.txt").read_text() == "0 1\n1 1\n2 1\n3 1\n"
     assert len((lab_dir / "valid.km").read_text().splitlines()) == 3
-    assert run_reporting_errors(dump.main, ["--tsv-dir", str(corpus), "--split", "missing", "--feat-dir",
+    assert dump.main(["--tsv-dir", str(corpus), "--split", "missing", "--feat-dir",
                                             str(feat_dir)]) == 1
     assert "missing.tsv does not exist" in capsys.readouterr().err

@@ -1,15 +1,19 @@
 """Stock fairseq HuBERT as the plugin's comparisons run it: fairseq's own yamls, and a tiny size."""
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import List
 
 
 def stock_hubert_config_dir() -> Path:
-    """Directory of fairseq's own HuBERT pre-training yamls (shipped inside the fairseq package)."""
-    import fairseq
+    """Directory of fairseq's own HuBERT pre-training yamls (shipped inside the fairseq package).
 
-    return Path(fairseq.__file__).resolve().parent / "examples" / "hubert" / "config" / "pretrain"
+    Found without importing fairseq, whose import switches the root logger to DEBUG."""
+    spec = importlib.util.find_spec("fairseq")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("fairseq is not installed in this environment")
+    return Path(list(spec.submodule_search_locations)[0]).resolve() / "examples" / "hubert" / "config" / "pretrain"
 
 
 TINY_CONV = "'[(64,10,5)] + [(64,3,2)] * 4 + [(64,2,2)] * 2'"

@@ -1,18 +1,18 @@
-"""Command-line pieces shared by the ``scripts/`` label tools: feature options and error reporting."""
+"""Command-line pieces shared by the label tools: feature options and error reporting.
+
+Only the standard library and yaml at import time, so that ``--help`` is instant."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple, Type
 
 import yaml
 
-from ..checkpoints import CheckpointError
-from ..data.audio import AudioReadError
-from ..data.manifest import ManifestError
-from .pipeline import FeatureSpec
-from .shards import LabelPipelineError
+if TYPE_CHECKING:
+    from ..labels.pipeline import FeatureSpec
+
 
 SAMPLE_RATE = 16000
 
@@ -51,8 +51,10 @@ def parse_overrides(items: List[str]) -> Dict[str, object]:
     return overrides
 
 
-def feature_spec_from_args(args: argparse.Namespace) -> FeatureSpec:
+def feature_spec_from_args(args: argparse.Namespace) -> "FeatureSpec":
     """The :class:`FeatureSpec` the parsed options describe."""
+    from ..labels.pipeline import FeatureSpec
+
     default_rate = 50.0 if args.feature == "checkpoint" else 100.0
     return FeatureSpec(
         kind=args.feature, label_rate=args.label_rate or default_rate, checkpoint=args.checkpoint,
@@ -65,7 +67,19 @@ def run_reporting_errors(main: Callable[[Optional[List[str]]], None], argv: Opti
     """Run a CLI body; input errors become one ``error: ...`` line and exit status 1, not a traceback."""
     try:
         main(argv)
-    except (LabelPipelineError, ManifestError, AudioReadError, CheckpointError, FileNotFoundError, ValueError) as error:
+    except Exception as error:
+        if not isinstance(error, _input_errors()):
+            raise
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _input_errors() -> Tuple[Type[Exception], ...]:
+    """Errors that mean bad input (imported only once something failed)."""
+    from ..checkpoints import CheckpointError
+    from ..data.audio import AudioReadError
+    from ..data.manifest import ManifestError
+    from ..labels.shards import LabelPipelineError
+
+    return LabelPipelineError, ManifestError, AudioReadError, CheckpointError, FileNotFoundError, ValueError
