@@ -4,17 +4,30 @@ fairseq itself is deliberately not in ``install_requires``: users install the pl
 fairseq they already have (any distribution that imports on their Python). ``make setup`` pins a
 known-good one (see requirements.txt).
 """
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+#: The version lives in one place: the package's ``__version__``.
+VERSION = re.search(r'^__version__ = "([^"]+)"', (Path(__file__).parent / "k2ssl_fairseq" / "__init__.py").read_text(),
+                    re.M).group(1)
 
 setup(
     name="k2ssl_fairseq",
-    version="0.1.0",
+    version=VERSION,
     description="k2SSL (Zipformer SSL, ScaledAdam + Eden, bucketed loading) as a fairseq plugin",
     packages=find_packages(include=["k2ssl_fairseq", "k2ssl_fairseq.*"]),
     package_data={"k2ssl_fairseq": ["config/*/*.yaml"]},
     python_requires=">=3.10",
-    install_requires=["torch>=2.1", "numpy", "soundfile", "omegaconf", "hydra-core"],
-    extras_require={"kmeans": ["faiss-cpu"], "wer": ["editdistance"]},
+    # What the package imports at run time; fairseq (which brings hydra-core and omegaconf too) is yours.
+    install_requires=["torch>=2.1", "torchaudio", "numpy", "soundfile", "omegaconf", "hydra-core", "PyYAML",
+                      "psutil", "editdistance"],
+    extras_require={
+        "kmeans": ["faiss-cpu"],  # k2ssl-make-labels / k2ssl-learn-kmeans (or your own faiss-gpu build)
+        "sklearn": ["scikit-learn", "joblib"],  # --sklearn-model export for fairseq's simple_kmeans tools
+        "bench": ["matplotlib"],  # k2ssl-benchmark's plots
+    },
     entry_points={
         "console_scripts": [
             "k2ssl-hydra-train=k2ssl_fairseq.cli:hydra_train",

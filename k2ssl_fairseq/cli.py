@@ -5,7 +5,6 @@ Three conveniences over the stock entry point, all plain rewrites of the command
 
 * ``--config-name pretrain/zipformer_base`` (any ``KIND/NAME`` that ``k2ssl-info --presets`` lists)
   without ``--config-dir`` runs the preset shipped inside the package.
-
 * ``model=zipformer_ssl`` (or ``+model=...``) switches the component the way ``model._name=...``
   does, keeping every setting of the yaml, for ``model``, ``task``, ``criterion``, ``optimizer`` and
   ``lr_scheduler``. (Hydra's own group selection would append the component's defaults *after* the
@@ -88,8 +87,23 @@ def preset_arguments(argv: Sequence[str]) -> List[str]:
     return args
 
 
+HELP_FLAGS = ("-h", "--help")
+#: Hydra's own help (config groups and the composed config), which needs fairseq's whole config.
+FAIRSEQ_HELP_FLAG = "--fairseq-help"
+
+
+def usage() -> str:
+    """What ``-h``/``--help`` prints: this module's description, without composing any config."""
+    return (f"usage: k2ssl-hydra-train [--config-dir DIR] [--config-name NAME | KIND/NAME] [OVERRIDE ...]\n\n"
+            f"{__doc__}\n{FAIRSEQ_HELP_FLAG} prints Hydra's help for fairseq's config (slow: it composes it).\n")
+
+
 def hydra_train() -> None:
     """Console entry point."""
+    if any(arg in HELP_FLAGS for arg in sys.argv[1:]):
+        print(usage())
+        return
+    sys.argv = [("--help" if arg == FAIRSEQ_HELP_FLAG else arg) for arg in sys.argv]
     from fairseq_cli.hydra_train import cli_main  # configures logging, so the plugin's start-up line shows
 
     from . import registration

@@ -135,3 +135,19 @@ def run_script_in_process(script: Path, *args: Any) -> subprocess.CompletedProce
     finally:
         sys.argv = saved_argv
     return subprocess.CompletedProcess(argv, code, stdout.getvalue(), stderr.getvalue())
+
+
+def icefall_checkpoint() -> dict:
+    """What icefall's ``save_checkpoint`` writes for the golden tiny model: state dicts (``model`` and a
+    distinct ``model_avg``) plus the params namespace at the top level, including a pickled path."""
+    import json
+
+    import numpy as np
+    import torch
+
+    golden = np.load(golden_dir() / "zipformer_ssl_tiny_case1.npz")
+    state = {k[len("param/"):]: torch.from_numpy(golden[k].copy()) for k in golden.files if k.startswith("param/")}
+    hparams = json.loads((golden_dir() / "zipformer_ssl_tiny_case1.json").read_text())["config"]
+    return {"model": state, "model_avg": {k: v * 0.5 for k, v in state.items()}, "optimizer": {"state": {}},
+            "batch_idx_train": 1234, "exp_dir": Path("/exp/zipformer"), **hparams}
+

@@ -11,6 +11,7 @@ import pytest
 import torch
 from fairseq import checkpoint_utils
 
+import helpers
 import k2ssl_fairseq  # noqa: F401
 from helpers import golden_dir
 from k2ssl_fairseq.checkpoints import CheckpointMismatchError
@@ -27,12 +28,8 @@ def golden():
 
 
 @pytest.fixture(scope="module")
-def icefall_checkpoint(golden) -> dict:
-    """What icefall's save_checkpoint writes: state dicts plus the params namespace at the top level."""
-    state = {k[len("param/"):]: torch.from_numpy(golden[k].copy()) for k in golden.files if k.startswith("param/")}
-    hparams = json.loads((GOLDEN / "zipformer_ssl_tiny_case1.json").read_text())["config"]
-    return {"model": state, "model_avg": {k: v * 0.5 for k, v in state.items()}, "optimizer": {"state": {}},
-            "batch_idx_train": 1234, "exp_dir": Path("/exp/zipformer"), **hparams}
+def icefall_checkpoint() -> dict:
+    return helpers.icefall_checkpoint()
 
 
 def run_script(name: str, *args: str) -> None:

@@ -64,3 +64,12 @@ def test_import_registers_everything():
 def test_user_dir_import_registers_everything():
     _check(_registered(f"from argparse import Namespace\nfrom fairseq import utils\n"
                        f"utils.import_user_module(Namespace(user_dir={str(PLUGIN_DIR)!r}))"))
+
+
+@pytest.mark.parametrize("importer", [
+    "from k2ssl_fairseq.models.zipformer_ssl import ZipformerSslModel",  # a plugin module pulls fairseq in
+    "import k2ssl_fairseq.checkpoints",
+    "import fairseq\nimport k2ssl_fairseq",  # fairseq first: registered at once
+])
+def test_any_import_order_registers_everything(importer: str):
+    _check(_registered(importer))
