@@ -8,14 +8,14 @@ steps then a timed one; the two alternate for ``--repeats`` rounds and each keep
 
     python benchmarks/bench_frontend.py --threads 2 --repeats 2 --output benchmarks/results/frontend_base_cpu.json
 """
+from __future__ import annotations
+
 import argparse
 import json
 import sys
 import time
 from pathlib import Path
 from typing import Dict, List
-
-import torch
 
 from k2ssl_fairseq.bench.common import (
     current_memory_bytes,
@@ -30,6 +30,7 @@ LAYERS = [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
 
 
 def run_one(system: str, batch: int, seconds: float, threads: int, warmup: int, device: str) -> Dict[str, object]:
+    import torch
     from fairseq.models.wav2vec.wav2vec2 import ConvFeatureExtractionModel
 
     from k2ssl_fairseq.models.conv_frontend import conv_features

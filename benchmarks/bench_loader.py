@@ -27,7 +27,6 @@ from typing import Any, Dict, List
 import numpy as np
 
 from k2ssl_fairseq.bench.common import provenance, run_json_worker, write_json
-from k2ssl_fairseq.data.synthetic import make_tiny_corpus
 
 SAMPLE_RATE = 16000
 MAX_SAMPLE_SIZE = 250_000  # HuBERT base yaml
@@ -151,6 +150,7 @@ def main() -> None:
     parser.add_argument("--measure", nargs=4, metavar=("SYSTEM", "CORPUS", "WORKERS", "BUDGET"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
+    from k2ssl_fairseq.data.synthetic import make_tiny_corpus  # after parsing: it imports torch
     if args.measure:
         system, corpus, workers, budget = args.measure
         print(json.dumps(measure(system, Path(corpus), int(workers), float(budget))))

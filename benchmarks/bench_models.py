@@ -18,16 +18,17 @@ just before the step, i.e. what forward + backward added.
 
     python benchmarks/bench_models.py --threads 2 --repeats 2 --warmup 1 --output benchmarks/results/models_base_cpu.json
 """
+from __future__ import annotations
+
 import argparse
 import json
 import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Dict, List
+from typing import TYPE_CHECKING, Dict, List
 
 import numpy as np
-import torch
 
 from k2ssl_fairseq.bench.common import (
     current_memory_bytes,
@@ -37,18 +38,23 @@ from k2ssl_fairseq.bench.common import (
     write_json,
 )
 
+if TYPE_CHECKING:
+    import torch
+
 SYSTEMS = ("hubert", "k2ssl_hubert_cosine", "k2ssl_hubert_linear", "zipformer_ssl")
 #: Targets from the issues: Zipformer vs stock (issue B) and k2ssl_hubert cosine vs stock (issue E).
 TARGETS = {"zipformer_ssl": {"speed_vs_hubert": ">= 3.6", "peak_memory_vs_hubert": "<= 1/3"},
            "k2ssl_hubert_cosine": {"peak_memory_vs_hubert": "<= 0.6"}}
 NUM_CLUSTERS = 500
-AUTOCAST_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: torch dtype names of the ``--precision`` choices (torch is imported only where a step runs).
+AUTOCAST_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 SAMPLE_RATE = 16000
 REPO = Path(__file__).resolve().parents[1]
 
 
 def build(system: str) -> torch.nn.Module:
     """The model of ``system`` with weights from seed 0 and a 500-cluster dictionary."""
+    import torch
     from fairseq.data.dictionary import Dictionary
     from fairseq.models.hubert.hubert import HubertModel
     from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
@@ -85,6 +91,8 @@ def run_one(system: str, batch: int, seconds: float, threads: int, warmup: int, 
     ``profile``: after the timed step, one more under ``torch.profiler``; its operator table (sorted
     by device time on CUDA, CPU time otherwise) is written to ``profile/<system>_<precision>.txt``.
     """
+    import torch
+
     from k2ssl_fairseq.criterions.masked_prediction import MaskedPredictionCriterion
     from k2ssl_fairseq.data.frames import conv_frames
     from k2ssl_fairseq.data.masking import compute_span_mask
@@ -107,7 +115,7 @@ def run_one(system: str, batch: int, seconds: float, threads: int, warmup: int, 
             torch.where(mask[..., None], model.mask_emb.to(x.dtype), x), mask)
     else:
         sample["net_input"]["mask_indices"] = mask
-    autocast = torch.autocast(device, dtype=AUTOCAST_DTYPES[precision], enabled=precision != "fp32")
+    autocast = torch.autocast(device, dtype=getattr(torch, AUTOCAST_DTYPES[precision]), enabled=precision != "fp32")
     before = current_memory_bytes(device)
     for _ in range(warmup + 1):  # the last step is timed: one-off costs (first allocations) are not
         model.zero_grad(set_to_none=True)
@@ -137,6 +145,7 @@ def run_one(system: str, batch: int, seconds: float, threads: int, warmup: int, 
 
 def write_profile(step, autocast, device: str, path: Path) -> None:
     """Run ``step`` once under the profiler and write its operator table to ``path``."""
+    import torch
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])

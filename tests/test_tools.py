@@ -83,3 +83,23 @@ def test_tools_print_no_debug_lines_or_library_warnings(tiny_corpus: Path, tmp_p
     output = proc.stdout + proc.stderr
     assert (tmp_path / "labels" / "train.km").is_file()
     assert "DEBUG" not in output and "FutureWarning" not in output and "tensorboardX" not in output
+
+
+_SCRIPT_HELP_PROBE = """
+import runpy, sys
+sys.argv = [{path!r}, "--help"]
+try:
+    runpy.run_path({path!r}, run_name="__main__")
+except SystemExit as stop:
+    assert stop.code in (0, None), stop.code
+print("HEAVY", sorted(m for m in ("torch", "fairseq") if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "benchmarks").glob("*.py")))
+def test_benchmark_scripts_help_imports_neither_torch_nor_fairseq(script: str):
+    path = str(REPO / "benchmarks" / script)
+    proc = subprocess.run([sys.executable, "-c", _SCRIPT_HELP_PROBE.format(path=path)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "usage:" in proc.stdout and proc.stdout.strip().splitlines()[-1] == "HEAVY []"
