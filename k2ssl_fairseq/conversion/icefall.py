@@ -215,7 +215,8 @@ def export_icefall_checkpoint(checkpoint: Mapping[str, Any], source: str = "chec
     strings, over any hyper-parameters kept from an earlier import.
 
     Raises:
-        CheckpointMismatchError: not a ``zipformer_ssl`` checkpoint, or keys/shapes do not match its config.
+        CheckpointMismatchError: not a ``zipformer_ssl`` checkpoint, an fbank front-end (icefall has none),
+            or keys/shapes do not match its config.
     """
     cfg = checkpoint.get("cfg") or {}
     model_section = dict(cfg.get("model") or {})
@@ -223,6 +224,9 @@ def export_icefall_checkpoint(checkpoint: Mapping[str, Any], source: str = "chec
         raise CheckpointMismatchError(source, f"not a zipformer_ssl checkpoint (model._name="
                                               f"{model_section.get('_name')!r})")
     model_section.pop("_name")
+    if model_section.get("frontend", "cnn") != "cnn":
+        raise CheckpointMismatchError(source, f"model.frontend={model_section['frontend']!r}: icefall's k2SSL has "
+                                              "only the waveform CNN front-end, so this model has no icefall form")
     task = cfg.get("task") or {}
     for key, fallback in (("label_rate", 50.0), ("sample_rate", 16000)):
         if not isinstance(model_section.get(key), (int, float)):

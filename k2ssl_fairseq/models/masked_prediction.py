@@ -32,11 +32,13 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
+from fairseq.modules import GradMultiply
 from torch import Tensor
 
 from ..data.frames import conv_frames, frame_padding_mask
 from ..data.masking import span_mask_tensor
 from .conv_frontend import conv_features
+from .fbank_frontend import FbankFrontEnd
 
 Predictions = Tuple[List[Optional[Tensor]], List[Optional[Tensor]]]
 
@@ -162,12 +164,15 @@ class MaskedPredictionModel:
                 "features_pen": features_pen}
 
     def cnn_features(self, source: Tensor, padding_mask: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
-        """The CNN front-end: ``(features (batch, frame, channel), frame padding (batch, frame) or None)``.
+        """The front-end (the CNN, or :meth:`fbank_features`): ``(features (batch, frame, channel),
+        frame padding (batch, frame) or None)``.
 
         Frame ``t`` of a row is padding iff ``t >= conv_frames(valid samples)``.
         """
         if source.dim() != 2:
             raise ValueError(f"{self.model_name}: source must be (batch, samples), got shape {tuple(source.shape)}")
+        if isinstance(self.feature_extractor, FbankFrontEnd):
+            return self.fbank_features(source, padding_mask)
         if padding_mask is None:
             return conv_features(self.feature_extractor, source, grad_mult=self.feature_grad_mult), None
         if padding_mask.shape != source.shape:
@@ -179,6 +184,19 @@ class MaskedPredictionModel:
             source = source.masked_fill(padding_mask, 0.0)
             first_layer_frames = conv_frames(lengths, self.conv_layers[:1])
         features = conv_features(self.feature_extractor, source, first_layer_frames, self.feature_grad_mult)
+        return features, frame_padding_mask(lengths, features.shape[1], self.conv_layers)
+
+    def fbank_features(self, source: Tensor, padding_mask: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
+        """The fbank front-end's features and frame padding, on the same frame arithmetic as the CNN's."""
+        if padding_mask is not None and padding_mask.shape != source.shape:
+            raise ValueError(f"{self.model_name}: padding_mask shape {tuple(padding_mask.shape)} does not match "
+                             f"source shape {tuple(source.shape)}")
+        lengths = None if padding_mask is None else (~padding_mask).sum(1)
+        features = self.feature_extractor(source, lengths)
+        if self.feature_grad_mult != 1.0:
+            features = GradMultiply.apply(features, self.feature_grad_mult)
+        if lengths is None:
+            return features, None
         return features, frame_padding_mask(lengths, features.shape[1], self.conv_layers)
 
     def time_mask(self, mask_indices: Optional[Tensor], frame_padding: Optional[Tensor], x: Tensor

@@ -30,14 +30,15 @@ def _holds_list(module: nn.Module) -> bool:
 def _rows(module: nn.Module, depth: int, max_depth: int) -> Iterator[Tuple[int, str, nn.Module]]:
     """(depth, name relative to the parent row, module) of every block worth a row: children with
     parameters, the members of a ModuleList as ``name.i``, and the blocks inside those that hold
-    repeated members themselves, down to ``max_depth``."""
+    repeated members themselves or are models of their own (a CTC model's encoder), down to
+    ``max_depth``."""
     for name, child in module.named_children():
         members = list(child.named_children()) if isinstance(child, nn.ModuleList) else [(None, child)]
         for index, member in members:
             if parameter_count(member) == 0:
                 continue
             yield depth, name if index is None else f"{name}.{index}", member
-            if depth < max_depth and _holds_list(member):
+            if depth < max_depth and (_holds_list(member) or isinstance(member, ParameterTableRepr)):
                 yield from _rows(member, depth + 1, max_depth)
 
 

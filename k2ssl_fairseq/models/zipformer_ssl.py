@@ -48,6 +48,7 @@ from .. import presets
 from ..data.frames import conv_stride, parse_conv_layers
 from ..stock_settings import log_ignored, plain
 from .config_records import record_in_saved_config, warn_if_stock_hubert_criterion
+from .fbank_frontend import FbankFrontEnd
 from .masked_prediction import MaskedPredictionModel, check_static_masking, linear_class_logits
 from .summary import ParameterTableRepr
 from .zipformer import Zipformer2, end_whitening_update, set_batch_count
@@ -117,6 +118,19 @@ class ZipformerSslConfig(HubertConfig):
         default=4, metadata={"help": "positional-query dimension per attention head: one value, or one per stack"})
     pos_dim: int = field(default=48, metadata={"help": "dimension of the relative positional encoding"})
 
+    frontend: str = field(
+        default="cnn", metadata={"help": "cnn: HuBERT's waveform CNN (k2SSL, icefall-compatible); fbank: 80-dim "
+                                         "log-mel filterbank computed in the model, then Conv2d subsampling "
+                                         "(models/fbank_frontend.py)"})
+    fbank_frame_rate: int = field(
+        default=50, metadata={"help": "fbank front-end only: encoder input frames per second, 50 (one stride-2 "
+                                      "stage) or 25 (two; each frame then takes every other 50 Hz label)"})
+    fbank_bins: int = field(default=80, metadata={"help": "fbank front-end only: mel bins"})
+    fbank_channels: int = field(default=64, metadata={"help": "fbank front-end only: Conv2d channels per stage"})
+    fbank_normalize: bool = field(
+        default=True, metadata={"help": "fbank front-end only: normalise each utterance's fbank per bin (mean 0, "
+                                        "variance 1 over its valid frames)"})
+
     mask_min_masks: int = field(default=2, metadata={"help": "minimum number of masked spans per utterance "
                                                              "(as the task's setting of that name)"})
     ref_duration: float = field(default=600.0, metadata={"help": "k2SSL's reference batch duration in seconds for the schedules' batch count"})
@@ -165,6 +179,24 @@ def resolve_preset(cfg: ZipformerSslConfig) -> Dict[str, Any]:
     return values
 
 
+FRONTENDS = ("cnn", "fbank")
+
+
+def _frontend(cfg: ZipformerSslConfig) -> nn.Module:
+    """The waveform front-end ``cfg.frontend`` names.
+
+    Raises:
+        ValueError: an unknown front-end.
+    """
+    if cfg.frontend == "cnn":
+        return ConvFeatureExtractionModel(conv_layers=list(conv_layers(cfg)), dropout=0.0,
+                                          mode=str(cfg.extractor_mode), conv_bias=cfg.conv_bias)
+    if cfg.frontend == "fbank":
+        return FbankFrontEnd(cfg.encoder_dim[0], cfg.fbank_frame_rate, cfg.fbank_bins, cfg.fbank_channels,
+                             cfg.fbank_normalize)
+    raise ValueError(f"zipformer_ssl: model.frontend={cfg.frontend!r}; the front-ends are {', '.join(FRONTENDS)}")
+
+
 @register_model("zipformer_ssl", dataclass=ZipformerSslConfig)
 class ZipformerSslModel(ParameterTableRepr, MaskedPredictionModel, BaseFairseqModel):
     """Zipformer SSL model (k2SSL) with stock HuBERT's model interface (``MaskedPredictionModel``).
@@ -185,13 +217,12 @@ class ZipformerSslModel(ParameterTableRepr, MaskedPredictionModel, BaseFairseqMo
             cfg = OmegaConf.merge(cfg, {**architecture, "preset": None})
         self.cfg = cfg
         self.num_classes = [int(n) for n in num_classes]
-        self.conv_layers = list(conv_layers(cfg))
+        model_dim = cfg.encoder_dim[0]
+        self.feature_extractor = _frontend(cfg)
+        # The frame layout: conv_frames of it is the encoder input's frame count, for either front-end.
+        self.conv_layers = list(getattr(self.feature_extractor, "layout", None) or conv_layers(cfg))
         self.frames_per_label = cfg.label_rate * conv_stride(self.conv_layers) / cfg.sample_rate
         cnn_dim = self.conv_layers[-1][0]
-        model_dim = cfg.encoder_dim[0]
-
-        self.feature_extractor = ConvFeatureExtractionModel(
-            conv_layers=self.conv_layers, dropout=0.0, mode=str(cfg.extractor_mode), conv_bias=cfg.conv_bias)
         self.layer_norm = LayerNorm(cnn_dim)
         self.post_extract_proj = nn.Linear(cnn_dim, model_dim) if cnn_dim != model_dim else None
         self.dropout_input = nn.Dropout(cfg.dropout_input)

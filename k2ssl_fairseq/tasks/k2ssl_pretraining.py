@@ -245,8 +245,12 @@ def _epoch_batches(dataset: BucketedAudioDataset, epoch: int, num_shards: int) -
 
 
 def model_conv_layers(model: torch.nn.Module) -> Tuple[Tuple[int, int, int], ...]:
-    """(channels, kernel, stride) of the model's CNN front-end, read from the ``Conv1d`` modules of
-    its ``feature_extractor``; the wav2vec2 stack when the model has none."""
+    """(channels, kernel, stride) layers whose ``conv_frames`` is the model's frame count: the plugin
+    models' ``conv_layers`` (their frame layout, the fbank front-end's included), else the ``Conv1d``
+    modules of a ``feature_extractor`` (stock HuBERT); the wav2vec2 stack when the model has neither."""
+    layout = getattr(model, "conv_layers", None)
+    if layout:
+        return tuple(tuple(int(v) for v in layer) for layer in layout)
     extractor = getattr(model, "feature_extractor", None)
     convs = [m for m in extractor.modules() if isinstance(m, torch.nn.Conv1d)] if extractor is not None else []
     if not convs:
