@@ -3,8 +3,10 @@
 
 Systems: stock fairseq ``hubert`` (the model settings of ``hubert_base_librispeech.yaml``: final_dim
 256, untied projection, dropouts 0.1, feature_grad_mult 0.1; layerdrop off so every run does the
-same work), ``k2ssl_hubert`` in cosine and linear mode (same settings), and ``zipformer_ssl``
-(``config/pretrain/zipformer_base.yaml``, schedules at batch count 0, i.e. the most dropout).
+same work), ``k2ssl_hubert`` in cosine and linear mode (same settings), ``zipformer_ssl``
+(``config/pretrain/zipformer_base.yaml``, schedules at batch count 0, i.e. the most dropout) and the
+same Zipformer with the fbank front-end at 50 Hz and at 25 Hz (``zipformer_fbank50``/``25``; masks
+drawn over its own frames, 50 Hz labels as for the others).
 Every system gets the same batch (``--batch`` x ``--seconds`` of random audio, 500-cluster labels as
 dictionary indices, one pinned span mask at mask_prob 0.8), fp32, train mode, and the masked-prediction
 loss with the feature penalty (``k2ssl_masked_prediction``, loss_weights [10]; for stock ``hubert``
@@ -41,10 +43,19 @@ from k2ssl_fairseq.bench.common import (
 if TYPE_CHECKING:
     import torch
 
-SYSTEMS = ("hubert", "k2ssl_hubert_cosine", "k2ssl_hubert_linear", "zipformer_ssl")
+SYSTEMS = ("hubert", "k2ssl_hubert_cosine", "k2ssl_hubert_linear", "zipformer_ssl", "zipformer_fbank50",
+           "zipformer_fbank25")
+#: The Zipformer systems' front-end settings: the waveform CNN, or the fbank front-end at 50 / 25 Hz.
+ZIPFORMER_FRONTENDS = {"zipformer_ssl": {}, "zipformer_fbank50": {"frontend": "fbank", "fbank_frame_rate": 50},
+                       "zipformer_fbank25": {"frontend": "fbank", "fbank_frame_rate": 25}}
 #: Targets from the issues: Zipformer vs stock (issue B) and k2ssl_hubert cosine vs stock (issue E).
+#: Issue N: the fbank Zipformer >= 2x the CNN Zipformer's speed and >= 7x stock's, memory <= the CNN Zipformer's.
 TARGETS = {"zipformer_ssl": {"speed_vs_hubert": ">= 3.6", "peak_memory_vs_hubert": "<= 1/3"},
-           "k2ssl_hubert_cosine": {"peak_memory_vs_hubert": "<= 0.6"}}
+           "k2ssl_hubert_cosine": {"peak_memory_vs_hubert": "<= 0.6"},
+           "zipformer_fbank50": {"speed_vs_hubert": ">= 7", "speed_vs_zipformer_ssl": ">= 2",
+                                 "peak_memory_vs_zipformer_ssl": "<= 1"},
+           "zipformer_fbank25": {"speed_vs_hubert": ">= 7", "speed_vs_zipformer_ssl": ">= 2",
+                                 "peak_memory_vs_zipformer_ssl": "<= 1"}}
 NUM_CLUSTERS = 500
 #: torch dtype names of the ``--precision`` choices (torch is imported only where a step runs).
 AUTOCAST_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -68,10 +79,10 @@ def build(system: str) -> torch.nn.Module:
     for k in range(NUM_CLUSTERS):
         dictionary.add_symbol(str(k))
     torch.manual_seed(0)
-    if system == "zipformer_ssl":
+    if system in ZIPFORMER_FRONTENDS:
         preset = OmegaConf.load(REPO / "config" / "pretrain" / "zipformer_base.yaml").model
         cfg = ZipformerSslConfig(label_rate=50.0, sample_rate=SAMPLE_RATE,
-                                 **{k: v for k, v in preset.items() if k != "_name"})
+                                 **{k: v for k, v in preset.items() if k != "_name"}, **ZIPFORMER_FRONTENDS[system])
         model = ZipformerSslModel(OmegaConf.structured(cfg), [len(dictionary)])
         model.set_num_updates(0)
         return model
@@ -103,13 +114,14 @@ def run_one(system: str, batch: int, seconds: float, threads: int, warmup: int, 
     criterion = MaskedPredictionCriterion(SimpleNamespace(), 1.0, 0.0, [10.0], [])
     rng = np.random.default_rng(0)
     samples = int(seconds * SAMPLE_RATE)
-    frames = conv_frames(samples)
+    label_frames = conv_frames(samples)  # 50 Hz labels, as k2SSL's
+    frames = conv_frames(samples, model.conv_layers) if hasattr(model, "conv_layers") else label_frames
     source = torch.from_numpy(rng.standard_normal((batch, samples)).astype(np.float32))
     mask = torch.from_numpy(compute_span_mask(np.full(batch, frames), frames, 0.8, 10, rng))
     source, mask = source.to(device), mask.to(device)
     sample = {"id": torch.arange(batch),
               "net_input": {"source": source, "padding_mask": torch.zeros_like(source, dtype=torch.bool)},
-              "target_list": [torch.from_numpy(rng.integers(4, 4 + NUM_CLUSTERS, (batch, frames))).to(device)]}
+              "target_list": [torch.from_numpy(rng.integers(4, 4 + NUM_CLUSTERS, (batch, label_frames))).to(device)]}
     if system == "hubert":  # stock HuBERT draws its own masks: pin them to the same ones
         model.apply_mask = lambda x, padding_mask, target_list: (
             torch.where(mask[..., None], model.mask_emb.to(x.dtype), x), mask)
@@ -198,6 +210,13 @@ def main(argv: List[str] = None) -> int:
             record["step_memory_vs_hubert"] = record["step_memory_bytes"] / stock["step_memory_bytes"]
             print(f"{record['system']}: {record['speed_vs_hubert']:.2f}x speed, "
                   f"{record['peak_memory_vs_hubert']:.3f}x peak memory of stock hubert", flush=True)
+        cnn_zipformer = next((r for r in records if r["system"] == "zipformer_ssl"), None)
+        if cnn_zipformer is not None and record["system"].startswith("zipformer_fbank"):
+            record["speed_vs_zipformer_ssl"] = (record["audio_seconds_per_second"]
+                                                / cnn_zipformer["audio_seconds_per_second"])
+            record["peak_memory_vs_zipformer_ssl"] = record["peak_memory_bytes"] / cnn_zipformer["peak_memory_bytes"]
+            print(f"{record['system']}: {record['speed_vs_zipformer_ssl']:.2f}x speed, "
+                  f"{record['peak_memory_vs_zipformer_ssl']:.3f}x peak memory of the CNN zipformer_ssl", flush=True)
         if record["system"] in TARGETS:
             record["targets"] = TARGETS[record["system"]]
         record.update(run_record)

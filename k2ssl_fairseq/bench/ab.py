@@ -44,14 +44,17 @@ from ..tools import quiet_library_output
 from .common import provenance, write_json
 from .stock import stock_hubert_config_dir, tiny_hubert_model_overrides
 
-SYSTEMS = ("stock_hubert", "k2ssl_hubert_cosine", "k2ssl_hubert_linear", "zipformer_ssl")
+SYSTEMS = ("stock_hubert", "k2ssl_hubert_cosine", "k2ssl_hubert_linear", "zipformer_ssl", "zipformer_fbank")
 #: Which logits each system's head produces: accuracies are compared within a head type only.
 HEAD_TYPES = {"stock_hubert": "cosine similarity", "k2ssl_hubert_cosine": "cosine similarity",
-              "k2ssl_hubert_linear": "linear class logits", "zipformer_ssl": "linear class logits"}
+              "k2ssl_hubert_linear": "linear class logits", "zipformer_ssl": "linear class logits",
+              "zipformer_fbank": "linear class logits"}
 #: Per-GPU audio per update of each recipe (``--batches own`` without ``--seconds-per-batch``):
 #: fairseq HuBERT Base 1.4M samples; k2SSL Zipformer Base ``--max-duration 600`` (see its preset).
 RECIPE_SECONDS = {"stock_hubert": 87.5, "k2ssl_hubert_cosine": 87.5, "k2ssl_hubert_linear": 87.5,
-                  "zipformer_ssl": 600.0}
+                  "zipformer_ssl": 600.0, "zipformer_fbank": 600.0}
+#: What turns a zipformer_<size> preset into the fbank Zipformer (as pretrain/frontend/fbank.yaml does).
+FBANK_OVERRIDES = ["++model.frontend=fbank", "++model.feature_grad_mult=1.0"]
 #: Audio per update of the shared batches unless ``--seconds-per-batch`` says otherwise.
 SHARED_SECONDS = 40.0
 #: Stock HuBERT's crop cap (its yaml's ``task.max_sample_size``), used for the shared plan.
@@ -101,9 +104,11 @@ def run_spec(system: str, size: str, data: Path, label_dir: Path, seconds: float
               f"common.fp16={str(mode == 'fp16').lower()}", f"common.amp={str(mode == 'amp').lower()}",
               "distributed_training.distributed_world_size=1", "distributed_training.nprocs_per_node=1",
               "checkpoint.no_save=true", "dataset.num_workers=0", f"task.min_sample_size={MIN_SAMPLE_SIZE}"]
-    if system == "zipformer_ssl":
+    if system.startswith("zipformer"):
+        frontend = FBANK_OVERRIDES if system == "zipformer_fbank" else []
         return RunSpec(system, size, presets.config_dir("pretrain"), f"zipformer_{size}",
-                       common + ["task._name=k2ssl_pretraining", f"++task.max_duration={seconds}"], updates, warmup)
+                       common + ["task._name=k2ssl_pretraining", f"++task.max_duration={seconds}", *frontend],
+                       updates, warmup)
     overrides = common + ["model.label_rate=50"] + (tiny_hubert_model_overrides() if size == "tiny" else [])
     if system == "stock_hubert":
         overrides.append(f"dataset.max_tokens={int(seconds * 16000)}")
