@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU check, one command, about 8 minutes on one H200 (first run: benchmarks/results/gpu_20261130_NVIDIA_H200), nothing fetched from the network.
-#   scripts/gpu_check.sh [smoke] [frontend] [models] [ab]     (no argument: all stages)
+#   scripts/gpu_check.sh [smoke] [frontend] [models] [fbank] [ab]     (no argument: all stages)
 #   1. installs the cp312 wheels carried in .whl/ (see scripts/fetch_gpu_wheels.sh) next to the
 #      machine's own torch;
 #   2. runs zipformer_tiny through k2ssl-hydra-train on CUDA with common.amp=true and with
@@ -8,8 +8,11 @@
 #   3. the CNN front-end benchmark (fairseq's module vs conv_frontend);
 #   4. the Base step benchmark (benchmarks/bench_models.py: same 4 x 10 s batch for every system)
 #      in fp32 and under bf16 and fp16 autocast, each step profiled, then a 16 x 15 s batch in bf16;
-#   5. the Base-size A/B benchmark through fairseq's trainer;
-#   6. writes everything to benchmarks/results/gpu_<date>_<gpu>/ and, when $OUT is set (the device
+#   5. the fbank front-end (issue N): the same Base step for stock HuBERT and the Zipformer with the CNN
+#      and with fbank at 50 and 25 Hz, under bf16 and fp16 autocast (frontend_fbank_base_cuda_*.json,
+#      the GPU counterpart of benchmarks/results/frontend_fbank_base_cpu.json);
+#   6. the Base-size A/B benchmark through fairseq's trainer;
+#   7. writes everything to benchmarks/results/gpu_<date>_<gpu>/ and, when $OUT is set (the device
 #      tool), packs that folder into $OUT/gpu_results.tar.gz after every stage.
 # Each stage has its own time limit and a failed stage does not stop the others; the exit status is
 # non-zero when any stage failed, and summary.txt lists each stage's status.
@@ -82,9 +85,17 @@ if want models; then
     --output "$out/models_base_cuda_bf16_16x15s.json"
 fi
 
+if want fbank; then
+  for precision in bf16 fp16; do
+    stage "fbank_base_$precision" 150 python3 benchmarks/bench_models.py --device cuda --precision "$precision" \
+      --warmup 2 --repeats 1 --systems hubert zipformer_ssl zipformer_fbank50 zipformer_fbank25 \
+      --output "$out/frontend_fbank_base_cuda_$precision.json"
+  done
+fi
+
 if want ab; then
   stage ab_base 240 python3 -m k2ssl_fairseq.bench.ab --data "$work/data" --label-dir "$work/data" --size base \
-    --device cuda --updates 6 --warmup 2 --out "$out/ab_base"
+    --device cuda --updates 6 --warmup 2 --repeats 1 --out "$out/ab_base"
 fi
 
 echo "== done: $out"

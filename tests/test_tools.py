@@ -86,7 +86,8 @@ def test_tools_print_no_debug_lines_or_library_warnings(tiny_corpus: Path, tmp_p
 
 
 _SCRIPT_HELP_PROBE = """
-import runpy, sys
+import os, runpy, sys
+sys.path.insert(0, os.path.dirname({path!r}))
 sys.argv = [{path!r}, "--help"]
 try:
     runpy.run_path({path!r}, run_name="__main__")
