@@ -76,12 +76,15 @@ class _RegisterAfterFairseq(importlib.abc.MetaPathFinder):
 
         def exec_module(module: ModuleType) -> None:
             global _plugin_imports_running
-            _plugin_imports_running += plugin_module
+            with _lock:
+                _plugin_imports_running += plugin_module
             try:
                 execute(module)
             finally:
-                _plugin_imports_running -= plugin_module
-            if not _plugin_imports_running and (_fairseq_loaded() or name == "fairseq"):
+                with _lock:
+                    _plugin_imports_running -= plugin_module
+                    done = not _plugin_imports_running
+            if done and (_fairseq_loaded() or name == "fairseq"):
                 register()
 
         spec.loader.exec_module = exec_module
