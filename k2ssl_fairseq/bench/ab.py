@@ -144,18 +144,27 @@ def shared_plan(manifest_path: Path, seconds: float, steps: int, seed: int = 1) 
     return batches[:steps]
 
 
-def _shared_sample(dataset: Any, windows: Sequence[Sequence[Any]], batch_index: int) -> Dict[str, Any]:
+def dataset_positions(dataset: Any) -> Dict[str, int]:
+    """Audio name -> item index of the system's own dataset (the plugin's bucketed dataset, or stock
+    ``HubertDataset``); built once per run."""
+    from ..data.dataset import BucketedAudioDataset
+
+    if isinstance(dataset, BucketedAudioDataset):
+        names = dataset.index.manifest.names
+        return {names[entry]: i for i, entry in enumerate(dataset.index.kept.tolist())}
+    return {name: i for i, name in enumerate(dataset.audio_names)}
+
+
+def _shared_sample(dataset: Any, position: Dict[str, int], windows: Sequence[Sequence[Any]],
+                   batch_index: int) -> Dict[str, Any]:
     """One planned batch read through the system's own dataset and collater (the plugin's bucketed
     dataset, or stock ``HubertDataset`` with each item cut to its window before collation)."""
     from ..data.dataset import BucketedAudioDataset
     from ..data.frames import samples_to_label_index
 
     if isinstance(dataset, BucketedAudioDataset):
-        manifest = dataset.index.manifest
-        position = {manifest.names[entry]: i for i, entry in enumerate(dataset.index.kept.tolist())}
         return dataset.collater([dataset[(_position(position, name), start, count, batch_index, 1)]
                                  for name, start, count in windows])
-    position = {name: i for i, name in enumerate(dataset.audio_names)}
     items = []
     for name, start, count in windows:
         item = dataset[_position(position, name)]
@@ -258,6 +267,7 @@ def _measure(cfg: Any) -> None:
     epoch_itr = trainer.get_train_iterator(epoch=1)
     dataset = task.dataset(cfg.dataset.train_subset)
     plan = json.loads(Path(spec["plan"]).read_text()) if spec["plan"] else None
+    positions = dataset_positions(dataset) if plan is not None else {}
     cuda = torch.cuda.is_available() and not cfg.common.cpu
     steps: List[Dict[str, float]] = []
     epoch = 1
@@ -268,7 +278,7 @@ def _measure(cfg: Any) -> None:
         for step in range(spec["updates"] + spec["warmup"]):
             start = time.perf_counter()
             if plan is not None:
-                sample = _shared_sample(dataset, plan[step], step)
+                sample = _shared_sample(dataset, positions, plan[step], step)
             else:
                 sample = next(iterator, None)
                 if sample is None:

@@ -18,6 +18,7 @@ the batch it is in.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import List, Optional, Tuple
 
@@ -49,8 +50,10 @@ def frame_layout(frame_rate: int, channels: int) -> Tuple[Tuple[int, int, int], 
     return ((channels, WINDOW, HOP),) + ((channels, 1, 2),) * STAGES_FOR_RATE[frame_rate]
 
 
+@functools.lru_cache(maxsize=8)
 def _mel_banks(num_bins: int, device: torch.device) -> Tensor:
-    """Kaldi's triangular mel filters over the FFT bins, ``(bins, FFT_SIZE // 2 + 1)``."""
+    """Kaldi's triangular mel filters over the FFT bins, ``(bins, FFT_SIZE // 2 + 1)``; built once per
+    (bins, device), not in every training step."""
     from torchaudio.compliance.kaldi import get_mel_banks
 
     banks, _ = get_mel_banks(num_bins, FFT_SIZE, float(SAMPLE_RATE), LOW_FREQUENCY, 0.0, 100.0, -500.0, 1.0)

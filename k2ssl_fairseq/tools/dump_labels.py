@@ -10,14 +10,12 @@ from pathlib import Path
 from typing import List, Optional
 
 from . import quiet_library_output
-from .label_options import run_reporting_errors
+from .label_options import add_shard_arguments, run_reporting_errors
 
 
 def _run(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--feat-dir", type=Path, required=True, help="directory of {split}_{rank}_{nshard}.npy/.len")
-    parser.add_argument("--split", required=True, help="split to label")
-    parser.add_argument("--nshard", type=int, default=1, help="number of feature shards of the split")
+    add_shard_arguments(parser, "split to label")
     parser.add_argument("--rank", type=int, default=None, help="shard to label; default: every shard")
     parser.add_argument("--km-path", type=Path, required=True, help="centroids written by learn_kmeans.py")
     parser.add_argument("--lab-dir", type=Path, required=True, help="output directory (fairseq's task.label_dir)")

@@ -17,6 +17,13 @@ if TYPE_CHECKING:
 SAMPLE_RATE = 16000
 
 
+def add_shard_arguments(parser: argparse.ArgumentParser, split_help: str) -> None:
+    """The options that name a split's feature shards (fairseq's ``{split}_{rank}_{nshard}.npy/.len``)."""
+    parser.add_argument("--feat-dir", type=Path, required=True, help="directory of {split}_{rank}_{nshard}.npy/.len")
+    parser.add_argument("--split", required=True, help=split_help)
+    parser.add_argument("--nshard", type=int, default=1, help="number of feature shards of the split")
+
+
 def add_feature_arguments(parser: argparse.ArgumentParser) -> None:
     """Options that choose the features (Kaldi MFCC/fbank or a checkpoint layer)."""
     group = parser.add_argument_group("features")

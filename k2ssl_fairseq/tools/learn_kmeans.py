@@ -11,14 +11,12 @@ from pathlib import Path
 from typing import List, Optional
 
 from . import quiet_library_output
-from .label_options import run_reporting_errors
+from .label_options import add_shard_arguments, run_reporting_errors
 
 
 def _run(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--feat-dir", type=Path, required=True, help="directory of {split}_{rank}_{nshard}.npy/.len")
-    parser.add_argument("--split", required=True, help="split to learn from (normally train)")
-    parser.add_argument("--nshard", type=int, default=1, help="number of feature shards of the split")
+    add_shard_arguments(parser, "split to learn from (normally train)")
     parser.add_argument("--n-clusters", type=int, required=True, help="k")
     parser.add_argument("--km-path", type=Path, required=True, help="output centroids, (cluster, feature) .npy")
     parser.add_argument("--max-points", type=int, default=1_000_000,
