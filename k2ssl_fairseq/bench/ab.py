@@ -42,7 +42,7 @@ import numpy as np
 from .. import presets
 from ..tools import quiet_library_output
 from .common import provenance, write_json
-from .stock import stock_hubert_config_dir, tiny_hubert_model_overrides
+from .stock import STOCK_HUBERT_SIZES, hubert_model_overrides, stock_hubert_config_dir
 
 SYSTEMS = ("stock_hubert", "k2ssl_hubert_cosine", "k2ssl_hubert_linear", "zipformer_ssl", "zipformer_fbank")
 #: Which logits each system's head produces: accuracies are compared within a head type only.
@@ -109,7 +109,7 @@ def run_spec(system: str, size: str, data: Path, label_dir: Path, seconds: float
         return RunSpec(system, size, presets.config_dir("pretrain"), f"zipformer_{size}",
                        common + ["task._name=k2ssl_pretraining", f"++task.max_duration={seconds}", *frontend],
                        updates, warmup)
-    overrides = common + ["model.label_rate=50"] + (tiny_hubert_model_overrides() if size == "tiny" else [])
+    overrides = common + ["model.label_rate=50"] + (hubert_model_overrides(size) if size in STOCK_HUBERT_SIZES else [])
     if system == "stock_hubert":
         overrides.append(f"dataset.max_tokens={int(seconds * 16000)}")
     else:
@@ -482,7 +482,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--label-dir", type=Path, required=True, help="directory with {split}.km and dict.km.txt")
     parser.add_argument("--train-subset", default="train", help="split the systems train on")
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS, help="systems to run")
-    parser.add_argument("--size", choices=("tiny", "base", "large"), default="tiny", help="model size")
+    parser.add_argument("--size", choices=("tiny", "small", "base", "large"), default="tiny", help="model size")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the systems run")
     parser.add_argument("--batches", choices=("shared", "own"), default="shared",
                         help="shared: every system reads the same planned batches (compares the systems); "

@@ -60,7 +60,7 @@ ARCHITECTURE_KEYS = ("conv_feature_layers", "extractor_mode", "conv_bias", "num_
                      "downsampling_factor", "encoder_dim", "feedforward_dim", "num_heads", "encoder_unmasked_dim",
                      "cnn_module_kernel", "query_head_dim", "value_head_dim", "pos_head_dim", "pos_dim")
 #: Size presets of ``model.preset`` (``k2ssl_fairseq/config/pretrain/zipformer_<name>.yaml``).
-PRESETS = ("tiny", "base", "large")
+PRESETS = ("tiny", "small", "base", "large")
 #: Stock HuBERT settings with no meaning for this model (its encoder and head are not HuBERT's): a
 #: stock yaml may carry them, and those not at HuBERT's default are named once in the log.
 IGNORED_HUBERT_KEYS = ("encoder_layers", "encoder_embed_dim", "encoder_ffn_embed_dim", "encoder_attention_heads",
