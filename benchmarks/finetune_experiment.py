@@ -38,7 +38,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from k2ssl_fairseq.bench.common import git_commit, hydra_train, hydra_train_command
+from k2ssl_fairseq.bench.common import git_commit, hydra_train, hydra_train_command, logged
 from k2ssl_fairseq.bench.stock import stock_hubert_config_dir
 
 #: Stock HuBERT shrunk to about the Zipformer tiny preset's parameter count (both counted and reported).
@@ -56,11 +56,6 @@ def run(cmd: Sequence[str], log: Path) -> str:
     if proc.returncode != 0:
         raise RuntimeError(f"command failed ({proc.returncode}): {shlex.join(cmd)}\n{(proc.stdout + proc.stderr)[-4000:]}")
     return shlex.join(cmd)
-
-
-def logged(log: str, tag: str) -> List[Dict[str, Any]]:
-    """fairseq's json log records of one kind (``train_inner``, ``valid``, ``train``)."""
-    return [json.loads(line.split(" - ", 1)[1]) for line in log.splitlines() if f"[{tag}][INFO] - {{" in line]
 
 
 def trained(proc: subprocess.CompletedProcess, seconds: float) -> Dict[str, Any]:

@@ -170,3 +170,21 @@ def hydra_train(
         tail = (proc.stdout + proc.stderr)[-6000:]
         raise RuntimeError(f"fairseq-hydra-train failed ({proc.returncode}):\n{' '.join(cmd)}\n{tail}")
     return proc
+
+
+def logged(log: str, tag: str) -> List[Dict[str, Any]]:
+    """fairseq's json log records of one kind (``train_inner``, ``valid``, ``train``) from a run's log text."""
+    return [json.loads(line.split(" - ", 1)[1]) for line in log.splitlines() if f"[{tag}][INFO] - {{" in line]
+
+
+def accuracy_curve(log: str, window: int = 50) -> List[Dict[str, float]]:
+    """Masked-prediction accuracy (``correct_m_0``, logged by stock HuBERT's criterion and the plugin's)
+    averaged over ``window`` updates, against minutes of training and updates."""
+    inner = logged(log, "train_inner")
+    curve = []
+    for start in range(0, len(inner) - window + 1, window):
+        chunk = inner[start:start + window]
+        curve.append({"minutes": round(float(chunk[-1]["wall"]) / 60, 2),
+                      "updates": int(float(chunk[-1]["num_updates"])),
+                      "masked_accuracy": round(sum(float(r["correct_m_0"]) for r in chunk) / window, 4)})
+    return curve

@@ -1,0 +1,235 @@
+#!/usr/bin/env python
+"""Does pre-training pay when labels are scarce? Small Zipformer vs stock HuBERT, letter CTC, CPU.
+
+The corpus comes from ``k2ssl-make-demo-corpus OUT --minutes 100 --pool-hours 10.5``: a >= 10 h
+unlabelled ``pretrain`` pool (every packaged Asterisk prompt in five languages plus espeak-ng/flite
+speech from dozens of voices) and the nested labelled subsets ``train_10min`` and ``train_1h``;
+``valid`` and ``test`` are read by held-out voices on held-out sentences.
+
+1. Labels: MFCC k-means at 50 Hz learned on ``pretrain`` (``k2ssl-make-labels``).
+2. Pre-training, all systems at once, one thread each, for the same wall-clock budget (fairseq's
+   ``optimization.stop_time_hours``), so each sees the same machine: ``zipformer_small`` (the plugin,
+   ``pretrain/zipformer_small``: ScaledAdam + Eden, bucketed task) and ``hubert_small`` (stock fairseq
+   HuBERT from fairseq's own ``hubert_base_librispeech.yaml``, shrunk by
+   ``k2ssl_fairseq.bench.stock.STOCK_HUBERT_SIZES["small"]``; its recipe's Adam 5e-4, polynomial decay
+   over the updates one hour gives); optionally ``zipformer_fbank_small``. Same batch audio (24 s).
+3. Fine-tuning, for each labelled size: every pre-trained system, and ``zipformer_scratch`` (the same
+   Zipformer, random weights), with the same letter-CTC recipe and the same number of updates
+   (budgeted in updates: a busy machine makes this stage slower, never different), ``--parallel``
+   runs at a time, one thread each.
+4. Greedy CTC decoding of ``valid`` and ``test`` (``k2ssl-decode-ctc``); settings are chosen on
+   ``valid`` only.
+
+Writes ``low_resource_cpu.json`` (schema: ``{"runs": [{"system", "labelled", "pretrain_minutes",
+"pretrain_updates", "finetune_updates", "test_cer", "test_wer", "valid_cer"}], "command",
+"git_commit", "machine"}`` plus settings, pre-training curves and every command), ``.md`` and ``.png``
+(test CER per system and labelled size; masked accuracy against pre-training minutes) into ``--results``.
+Every training is reused when ``run_dir/record.json`` shows the identical command already finished,
+so a rerun resumes after the last finished run.
+
+    python benchmarks/low_resource_experiment.py --corpus /work/exp/corpus --work /work/exp/runs \\
+        --pretrain-minutes 60 --finetune-updates 800
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from finetune_experiment import decode, make_labels, pretrain_overrides, train_once
+
+from k2ssl_fairseq import presets
+from k2ssl_fairseq.bench.common import accuracy_curve, provenance
+from k2ssl_fairseq.bench.stock import hubert_model_overrides, stock_hubert_config_dir
+
+REPO = Path(__file__).resolve().parents[1]
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+BATCH_SECONDS = 24
+LABELLED = {"10min": "train_10min", "1h": "train_1h"}
+#: Pre-training systems: the hydra preset (plugin) or stock HuBERT, and the fine-tuning preset.
+PRETRAIN_SYSTEMS = {"zipformer_small": ("zipformer_small", "zipformer_small"),
+                    "zipformer_fbank_small": ("zipformer_fbank_small", "zipformer_small"),
+                    "hubert_small": (None, "hubert_small")}
+
+
+def pretrain(system: str, corpus: Path, labels: Path, minutes: float, expected_updates: int,
+             run_dir: Path) -> Dict[str, Any]:
+    """One pre-training for ``minutes`` of wall-clock on one thread; returns its record and curve."""
+    replaced = ("dataset.max_tokens=", "task.max_sample_size=", "checkpoint.save_interval_updates=")
+    shared = [o for o in pretrain_overrides(corpus, labels, minutes) if not o.startswith(replaced)]
+    shared += ["task.max_sample_size=160000", "checkpoint.save_interval_updates=500",
+               "checkpoint.keep_interval_updates=1"]
+    preset, _ = PRETRAIN_SYSTEMS[system]
+    if preset is not None:
+        record = train_once(shared + [f"task.max_duration={BATCH_SECONDS}", "dataset.max_tokens=100000000"],
+                            run_dir, presets.config_dir("pretrain"), preset, ONE_THREAD)
+    else:
+        record = train_once(shared + ["model.label_rate=50", "lr_scheduler.warmup_updates=200",
+                                      f"+lr_scheduler.total_num_update={expected_updates}",
+                                      f"dataset.max_tokens={BATCH_SECONDS * 16000}", *hubert_model_overrides("small")],
+                            run_dir, stock_hubert_config_dir(), "hubert_base_librispeech", ONE_THREAD)
+    record["curve"] = accuracy_curve((run_dir / "train.log").read_text())
+    return record
+
+
+def finetune(name: str, checkpoint: Path, preset: str, subset: str, corpus: Path, updates: int,
+             overrides: Sequence[str], run_dir: Path) -> Dict[str, Any]:
+    """The shared letter-CTC fine-tuning on one labelled subset; one save at the end, which is decoded."""
+    cmd_overrides = [f"task.data={corpus}", f"task.label_dir={corpus}", f"model.pretrained_path={checkpoint}",
+                     f"dataset.train_subset={subset}", "dataset.valid_subset=valid", "dataset.disable_validation=true",
+                     f"optimization.max_update={updates}", "optimization.max_epoch=100000",
+                     "checkpoint.save_interval=100000", *overrides]
+    if name == "zipformer_scratch":
+        cmd_overrides.append("model.pretrained_weights=false")
+    record = train_once(cmd_overrides, run_dir, presets.config_dir("finetune"), preset, ONE_THREAD)
+    final = run_dir / "ckpt" / "checkpoint_last.pt"
+    record["valid"] = decode(final, corpus, "valid", run_dir / "decode_valid")
+    record["test"] = decode(final, corpus, "test", run_dir / "decode_test")
+    return record
+
+
+def run_all(jobs: List[Any], parallel: int) -> List[Any]:
+    with ThreadPoolExecutor(parallel) as pool:
+        return list(pool.map(lambda job: job(), jobs))
+
+
+def markdown(payload: Dict[str, Any]) -> str:
+    settings = payload["settings"]
+    lines = ["# Low-resource letter CTC: pre-trained small Zipformer vs stock HuBERT (CPU)", "",
+             f"Command: `{payload['command']}`  ", f"Commit {payload['git_commit']}, machine: {payload['machine']}", "",
+             f"Settings: {json.dumps(settings)}", "",
+             "| system | labelled | pre-train minutes | pre-train updates | fine-tune updates | valid CER | "
+             "test CER | test WER |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in payload["runs"]:
+        lines.append(f"| {r['system']} | {r['labelled']} | {r['pretrain_minutes']} | {r['pretrain_updates']} | "
+                     f"{r['finetune_updates']} | {r['valid_cer']:.2f} | {r['test_cer']:.2f} | {r['test_wer']:.2f} |")
+    lines += ["", "## Targets", ""]
+    lines += [f"- {t['target']}: **{'holds' if t['holds'] else 'fails'}** ({t['measured']})" for t in payload["targets"]]
+    lines += ["", "## Pre-training", ""]
+    for name, pre in payload["pretrain"].items():
+        last = pre["curve"][-1] if pre["curve"] else {}
+        lines.append(f"- {name}: {pre['updates']} updates in {pre['wall_seconds'] / 60:.1f} min, masked accuracy "
+                     f"{last.get('masked_accuracy', float('nan')):.3f} over its last 50 updates; `{pre['command']}`")
+    lines += ["", "Labels: `" + payload["labels_command"] + "`", "", "Fine-tuning commands:", ""]
+    lines += [f"- {r['system']} / {r['labelled']}: `{r['finetune_command']}`" for r in payload["runs"]]
+    return "\n".join(lines) + "\n"
+
+
+def targets(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The issue's two targets on 10 min of labels, measured on ``test``."""
+    cer = {r["system"]: r["test_cer"] for r in runs if r["labelled"] == "10min"}
+    out = []
+    if {"zipformer_small", "zipformer_scratch"} <= set(cer):
+        ratio = cer["zipformer_small"] / cer["zipformer_scratch"]
+        out.append({"target": "10 min labels: pre-trained Zipformer test CER <= 0.8x the scratch Zipformer's",
+                    "holds": ratio <= 0.8, "measured": f"{cer['zipformer_small']:.2f} / "
+                                                      f"{cer['zipformer_scratch']:.2f} = {ratio:.3f}x"})
+    if {"zipformer_small", "hubert_small"} <= set(cer):
+        out.append({"target": "10 min labels, equal pre-training time: Zipformer test CER below stock HuBERT's",
+                    "holds": cer["zipformer_small"] < cer["hubert_small"],
+                    "measured": f"Zipformer {cer['zipformer_small']:.2f} vs HuBERT {cer['hubert_small']:.2f}"})
+    return out
+
+
+def plot(payload: Dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (bars, curves) = plt.subplots(1, 2, figsize=(12, 4.5))
+    systems = list(dict.fromkeys(r["system"] for r in payload["runs"]))
+    width = 0.8 / max(1, len(LABELLED))
+    for k, labelled in enumerate(LABELLED):
+        values = [next((r["test_cer"] for r in payload["runs"] if r["system"] == s and r["labelled"] == labelled),
+                       float("nan")) for s in systems]
+        bars.bar([i + k * width for i in range(len(systems))], values, width, label=f"{labelled} labelled")
+    bars.set_xticks([i + width * (len(LABELLED) - 1) / 2 for i in range(len(systems))], systems, rotation=15)
+    bars.set_ylabel("test CER (%)")
+    bars.set_title("Greedy letter CTC on test (held-out voices and sentences)")
+    bars.legend()
+    for name, pre in payload["pretrain"].items():
+        curves.plot([p["minutes"] for p in pre["curve"]], [p["masked_accuracy"] for p in pre["curve"]], label=name)
+    curves.set_xlabel("pre-training minutes (one CPU thread each, side by side)")
+    curves.set_ylabel("masked-prediction accuracy (50-update mean)")
+    curves.set_title("Pre-training on the 10 h pool, MFCC k-means labels")
+    curves.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", type=Path, required=True, help="corpus from k2ssl-make-demo-corpus --pool-hours")
+    parser.add_argument("--work", type=Path, required=True, help="scratch directory for labels and runs")
+    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--pretrain-systems", nargs="+", default=["zipformer_small", "hubert_small"],
+                        choices=sorted(PRETRAIN_SYSTEMS), help="pre-trained side by side, one thread each")
+    parser.add_argument("--pretrain-minutes", type=float, default=60.0, help="wall-clock budget of each pre-training")
+    parser.add_argument("--expected-updates", type=int, default=2100,
+                        help="stock HuBERT's polynomial-decay horizon: the updates the budget gives it (measured)")
+    parser.add_argument("--finetune-updates", type=int, default=800, help="fine-tuning updates of every run")
+    parser.add_argument("--finetune-overrides", nargs="*", default=["optimization.lr=[0.02]", "model.mask_prob=0.3"],
+                        help="hydra overrides of every fine-tuning (chosen on valid)")
+    parser.add_argument("--clusters", type=int, default=100)
+    parser.add_argument("--parallel", type=int, default=max(1, os.cpu_count() or 1),
+                        help="fine-tunings at a time, one thread each")
+    args = parser.parse_args(argv)
+    corpus, work = args.corpus.resolve(), args.work.resolve()
+    missing = [s for s in LABELLED.values() if not (corpus / f"{s}.tsv").is_file()]
+    if missing:
+        sys.exit(f"error: {corpus} has no {', '.join(missing)}; build it with "
+                 "k2ssl-make-demo-corpus OUT --minutes 100 --pool-hours 10.5")
+    if len(args.pretrain_systems) > (os.cpu_count() or 1):
+        print(f"warning: {len(args.pretrain_systems)} pre-trainings share {os.cpu_count()} cores", flush=True)
+    work.mkdir(parents=True, exist_ok=True)
+    labels_command = make_labels(corpus, work / "labels", args.clusters)
+    print(f"pre-training {', '.join(args.pretrain_systems)} for {args.pretrain_minutes} min each, side by side",
+          flush=True)
+    pre_records = run_all([lambda s=s: pretrain(s, corpus, work / "labels", args.pretrain_minutes,
+                                                 args.expected_updates, work / f"{s}_pt")
+                           for s in args.pretrain_systems], len(args.pretrain_systems))
+    pre = dict(zip(args.pretrain_systems, pre_records))
+    finetunes = []
+    for labelled, subset in LABELLED.items():
+        for system in args.pretrain_systems + (["zipformer_scratch"] if "zipformer_small" in pre else []):
+            source = "zipformer_small" if system == "zipformer_scratch" else system
+            finetunes.append((system, labelled, source, subset))
+    print(f"fine-tuning {len(finetunes)} runs, {args.finetune_updates} updates each, {args.parallel} at a time",
+          flush=True)
+    ft_records = run_all([lambda f=f: finetune(f[0], work / f"{f[2]}_pt" / "ckpt" / "checkpoint_last.pt",
+                                               PRETRAIN_SYSTEMS[f[2]][1], f[3], corpus, args.finetune_updates,
+                                               args.finetune_overrides, work / f"{f[0]}_{f[1]}_ft")
+                          for f in finetunes], args.parallel)
+    runs = []
+    for (system, labelled, source, _), record in zip(finetunes, ft_records):
+        source_pre = pre[source] if system != "zipformer_scratch" else None
+        runs.append({"system": system, "labelled": labelled,
+                     "pretrain_minutes": round(source_pre["wall_seconds"] / 60, 1) if source_pre else 0,
+                     "pretrain_updates": source_pre["updates"] if source_pre else 0,
+                     "finetune_updates": record["updates"], "test_cer": record["test"]["cer"],
+                     "test_wer": record["test"]["wer"], "valid_cer": record["valid"]["cer"],
+                     "valid_wer": record["valid"]["wer"], "finetune_command": record["command"]})
+        print(f"{system} / {labelled}: valid CER {record['valid']['cer']:.2f}, test CER {record['test']['cer']:.2f}",
+              flush=True)
+    info = provenance("cpu")
+    payload = {"runs": runs, "command": shlex.join([sys.executable, *sys.argv]), "git_commit": info["git_commit"],
+               "machine": info["machine"], "settings": {**{k: str(v) for k, v in vars(args).items()},
+                                                        "batch_seconds": BATCH_SECONDS},
+               "corpus": json.loads((corpus / "corpus.json").read_text())["splits"],
+               "labels_command": labels_command, "pretrain": pre, "targets": targets(runs)}
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "low_resource_cpu.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (args.results / "low_resource_cpu.md").write_text(markdown(payload))
+    plot(payload, args.results / "low_resource_cpu.png")
+    print(markdown(payload))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
