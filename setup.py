@@ -18,7 +18,7 @@ setup(
     version=VERSION,
     description="k2SSL (Zipformer SSL, ScaledAdam + Eden, bucketed loading) as a fairseq plugin",
     packages=find_packages(include=["k2ssl_fairseq", "k2ssl_fairseq.*"]),
-    package_data={"k2ssl_fairseq": ["config/*/*.yaml"]},
+    package_data={"k2ssl_fairseq": ["config/*/*.yaml", "config/*/*/*.yaml"]},
     python_requires=">=3.10",
     # What the package imports at run time; fairseq (which brings hydra-core and omegaconf too) is yours.
     install_requires=["torch>=2.1", "torchaudio", "numpy", "soundfile", "omegaconf", "hydra-core", "PyYAML",

@@ -36,8 +36,11 @@ def test_wheel_holds_only_the_package_with_its_presets(wheel: Path):
     names = zipfile.ZipFile(wheel).namelist()
     top_level = {name.split("/")[0] for name in names}
     assert top_level == {"k2ssl_fairseq", f"k2ssl_fairseq-{__version__}.dist-info"}, top_level
-    assert "k2ssl_fairseq/config/pretrain/zipformer_base.yaml" in names
-    assert "k2ssl_fairseq/config/finetune/zipformer_tiny.yaml" in names
+    presets_in_tree = {str(path.relative_to(REPO / "k2ssl_fairseq").as_posix())
+                       for path in (REPO / "k2ssl_fairseq" / "config").rglob("*.yaml")}
+    assert {"config/pretrain/zipformer_base.yaml", "config/pretrain/frontend/fbank.yaml"} <= presets_in_tree
+    missing = {p for p in presets_in_tree if f"k2ssl_fairseq/{p}" not in names}
+    assert not missing, f"presets left out of the wheel: {sorted(missing)}"
     entry_points = zipfile.ZipFile(wheel).read(f"k2ssl_fairseq-{__version__}.dist-info/entry_points.txt").decode()
     setup_entry_points = set(re.findall(r'"(k2ssl-[\w-]+)=', (REPO / "setup.py").read_text()))
     assert setup_entry_points == set(re.findall(r"^(k2ssl-[\w-]+) =", entry_points, re.M))
