@@ -25,7 +25,7 @@ from k2ssl_fairseq.bench.common import accuracy_curve  # noqa: E402
 
 PLUGIN = ROOT / "k2ssl_fairseq"
 #: Progress lines worth showing from each stage's log.
-SHOWN = ("synthesized", "converted", "k-means", "labels", "wrote", "WER", "|", "step", "error")
+SHOWN = ("synthesized", "converted", "k-means", "labels", "wrote", "WER", "error")
 #: Small models train faster on one thread than on two here (README: measured 0.65 vs 0.78 s/update).
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
