@@ -16,13 +16,16 @@ def stock_hubert_config_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]).resolve() / "examples" / "hubert" / "config" / "pretrain"
 
 
+#: The tiny size's waveform CNN (quoted for Hydra): 64 channels, fairseq's strides (320 samples per frame).
+TINY_CONV = "'[(64,10,5)] + [(64,3,2)] * 4 + [(64,2,2)] * 2'"
+
 #: Stock HuBERT shrunk by overrides of ``hubert_base_librispeech.yaml``'s model section. ``tiny``: ~0.2 M
 #: parameters, for tests; ``small``: 5.32 M, beside the ``zipformer_small`` preset's 5.28 M (counted by
 #: building both), same 128-channel waveform CNN, for the low-resource experiment and the demo.
 STOCK_HUBERT_SIZES: Dict[str, Dict[str, object]] = {
     "tiny": {"encoder_layers": 2, "encoder_embed_dim": 64, "encoder_ffn_embed_dim": 128,
              "encoder_attention_heads": 2, "final_dim": 32, "conv_pos": 16, "conv_pos_groups": 4,
-             "conv_feature_layers": "'[(64,10,5)] + [(64,3,2)] * 4 + [(64,2,2)] * 2'"},
+             "conv_feature_layers": TINY_CONV},
     "small": {"encoder_layers": 6, "encoder_embed_dim": 256, "encoder_ffn_embed_dim": 1024,
               "encoder_attention_heads": 4, "final_dim": 64, "conv_pos": 64, "conv_pos_groups": 16,
               "conv_feature_layers": "'[(128,10,5)] + [(128,3,2)] * 4 + [(128,2,2)] * 2'"},
