@@ -18,18 +18,19 @@ def _clauses(short: int, long: int) -> list:
 
 def test_pools_are_disjoint_and_the_pool_reads_what_labelled_splits_do_not():
     sentences = _clauses(400, 600)
-    pools = builder.plan_pools(sentences, np.random.default_rng(0), synth_seconds=300.0, pool_seconds=1500.0)
+    pools = builder.plan_pools(sentences, np.random.default_rng(0), synth_seconds=300.0, pretrain_seconds=1500.0)
     seen = [c for pool in pools.values() for c in pool]
     assert len(seen) == len(set(seen)), "a clause is read in two splits"
     for split in ("train", "valid", "test", "pretrain_only"):
         assert pools[split] and all(builder._is_short(c) for c in pools[split]), split
-    assert sum(builder.estimated_seconds(c) for c in pools["pool"]) >= 1500.0
+    pretrain = [builder.estimated_seconds(c) for c in pools["train"] + pools["pretrain_only"] + pools["pool"]]
+    assert sum(pretrain) >= 1500.0 > sum(pretrain) - pretrain[-1], "the pool reads just what pretrain still needs"
     assert not set(pools["pool"]) & set(pools["valid"] + pools["test"])
 
 
 def test_pool_larger_than_the_text_is_refused_with_what_is_available():
     with pytest.raises(SystemExit, match="ask for fewer --pool-hours"):
-        builder.plan_pools(_clauses(200, 10), np.random.default_rng(0), synth_seconds=100.0, pool_seconds=36000.0)
+        builder.plan_pools(_clauses(200, 10), np.random.default_rng(0), synth_seconds=100.0, pretrain_seconds=36000.0)
 
 
 def test_labelled_subsets_are_nested_and_at_least_their_size():
@@ -73,9 +74,14 @@ def test_gsm_duration_is_read_from_its_frame_count(tmp_path: Path):
     assert builder._real_seconds(gsm) == pytest.approx(3.0)
 
 
-def test_progress_prints_an_eta(capsys: pytest.CaptureFixture):
+def test_progress_eta_extrapolates_the_rate_so_far(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch):
+    clock = iter([100.0, 110.0, 120.0, 150.0, 160.0])  # start, then one reading per printed step
+    monkeypatch.setattr(builder.time, "time", lambda: next(clock))
     progress = builder.Progress("synthesized", 4)
     for done in range(1, 5):
-        progress.step(done, 16000)
-    out = capsys.readouterr().out
-    assert "synthesized 4/4 utterances (0.00 h of audio)" in out and "ETA 0 s" in out
+        progress.step(done, 16000 * 900)
+    lines = capsys.readouterr().out.splitlines()
+    assert "synthesized 1/4 utterances (0.25 h of audio), 10 s elapsed, ETA 30 s" in lines[0]
+    assert "synthesized 2/4 utterances (0.50 h of audio), 20 s elapsed, ETA 20 s" in lines[1]
+    assert "synthesized 3/4 utterances (0.75 h of audio), 50 s elapsed, ETA 17 s" in lines[2]
+    assert "synthesized 4/4 utterances (1.00 h of audio), 60 s elapsed, ETA 0 s" in lines[3]

@@ -44,12 +44,13 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 import soundfile as sf
 
 SAMPLE_RATE = 16000
+T = TypeVar("T")
 ASTERISK_DIR = Path("/usr/share/asterisk/sounds")
 ASTERISK_TEXT = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")
 ENGLISH_PROMPTS = "asterisk-core-sounds-en-wav"
@@ -183,6 +184,29 @@ def package_audio(package: str) -> List[Path]:
 
 
 @dataclass
+class RealPrompt:
+    """A packaged prompt to convert; ``seconds`` is read once, from its header, to size the pool."""
+
+    path: Path
+    words: Optional[str]
+    source: str
+    rel: str
+    seconds: float
+
+
+@dataclass
+class SynthesisJob:
+    """One clause for one voice; ``seed`` fixes its random rate and pitch."""
+
+    split: str
+    index: int
+    engine: str
+    voice: str
+    text: str
+    seed: int
+
+
+@dataclass
 class Utterance:
     """One corpus entry; ``words`` is None for unlabeled audio."""
 
@@ -248,9 +272,10 @@ def write_once(out_dir: Path, rel: str, make: Callable[[], np.ndarray]) -> int:
     return len(wav)
 
 
-def asterisk_prompts(max_seconds: float) -> List[Tuple[Path, str]]:
+def asterisk_prompts(max_seconds: float) -> List[RealPrompt]:
     """English prompts with transcripts, in transcript order, up to ``max_seconds`` of audio."""
-    chosen, total = [], 0.0
+    chosen: List[RealPrompt] = []
+    total = 0.0
     with gzip.open(ASTERISK_TEXT, "rt", encoding="utf-8", errors="replace") as f:
         for line in f:
             if ":" not in line or line.startswith(";"):
@@ -263,7 +288,8 @@ def asterisk_prompts(max_seconds: float) -> List[Tuple[Path, str]]:
             seconds = sf.info(wav).duration
             if total + seconds > max_seconds:
                 break
-            chosen.append((wav, words))
+            rel = f"wav/train/asterisk_en_{len(chosen):04d}_{wav.stem}.wav"
+            chosen.append(RealPrompt(wav, words, "asterisk:en", rel, seconds))
             total += seconds
     return chosen
 
@@ -290,8 +316,11 @@ def estimated_seconds(clause: str) -> float:
 
 
 def plan_pools(sentences: List[str], rng: np.random.Generator, synth_seconds: float,
-               pool_seconds: float) -> Dict[str, List[str]]:
-    """Disjoint clause pools per split: short clauses for labelled and evaluation use, the rest for the pool."""
+               pretrain_seconds: float) -> Dict[str, List[str]]:
+    """Disjoint clause pools per split: short clauses for labelled and evaluation use, the rest for the pool.
+
+    ``pretrain_seconds`` is the synthetic audio the ``pretrain`` split should hold; the planned ``train``
+    and ``pretrain_only`` clauses count towards it, and the pool reads the rest."""
     short = [c for c in sentences if _is_short(c)]
     long = [c for c in sentences if not _is_short(c)]
     rng.shuffle(short)
@@ -307,55 +336,54 @@ def plan_pools(sentences: List[str], rng: np.random.Generator, synth_seconds: fl
              "train": short[2 * n_eval:2 * n_eval + n_train],
              "pretrain_only": short[2 * n_eval + n_train:n_synth], "pool": []}
     remaining = long + short[n_synth:]
-    total = 0.0
+    total = sum(estimated_seconds(c) for c in pools["train"] + pools["pretrain_only"])
     for clause in remaining:
-        if total >= pool_seconds:
+        if total >= pretrain_seconds:
             break
         pools["pool"].append(clause)
         total += estimated_seconds(clause)
-    if total < pool_seconds:
-        sys.exit(f"error: the synthetic pool needs ~{pool_seconds / 3600:.1f} h but the {len(remaining)} unused "
-                 f"clauses give ~{total / 3600:.1f} h; ask for fewer --pool-hours")
+    if total < pretrain_seconds:
+        sys.exit(f"error: the pretrain split needs ~{pretrain_seconds / 3600:.1f} h of synthetic speech but the "
+                 f"{len(remaining)} unused clauses give ~{total / 3600:.1f} h; ask for fewer --pool-hours")
     return pools
 
 
-def synthesize_all(out_dir: Path, jobs_list: List[tuple], jobs: int) -> Dict[str, List[Utterance]]:
-    utts: Dict[str, List[Utterance]] = {}
-    progress = Progress("synthesized", len(jobs_list))
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
-
-        def run(job: tuple) -> Tuple[str, Utterance]:
-            split, i, engine, voice, text, job_seed = job
-            rel = f"wav/{split}/{engine}_{voice.replace('+', '_')}_{i:05d}.wav"
-            samples = write_once(out_dir, rel, lambda: to_16k(
-                *synthesize(engine, voice, text, np.random.default_rng(job_seed), tmp)))
-            return split, Utterance(Path(rel), samples, text, f"{engine}:{voice}")
-
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            for done, (split, utt) in enumerate(pool.map(run, jobs_list), 1):
-                utts.setdefault(split, []).append(utt)
-                progress.step(done, utt.num_samples)
-    return utts
-
-
-def convert_real(out_dir: Path, files: List[Tuple[Path, Optional[str], str, str]], jobs: int) -> List[Utterance]:
-    """Packaged prompts to 16 kHz files; entries are (source file, words or None, source name, rel path)."""
-    progress = Progress("converted", len(files))
-
-    def run(entry: Tuple[Path, Optional[str], str, str]) -> Utterance:
-        path, words, source, rel = entry
-        return Utterance(Path(rel), write_once(out_dir, rel, lambda: to_16k(*read_real(path))), words, source)
-
+def produce_all(items: Sequence[T], make: Callable[[T], Utterance], what: str, jobs: int) -> List[Utterance]:
+    """``make`` on every item in a thread pool (the work is in subprocesses and numpy), in order, with progress."""
+    progress = Progress(what, len(items))
     out = []
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for done, utt in enumerate(pool.map(run, files), 1):
+        for done, utt in enumerate(pool.map(make, items), 1):
             out.append(utt)
             progress.step(done, utt.num_samples)
     return out
 
 
-def pool_speech(english_used: set) -> List[Tuple[Path, Optional[str], str, str]]:
+def synthesize_all(out_dir: Path, jobs_list: List[SynthesisJob], jobs: int) -> Dict[str, List[Utterance]]:
+    """Every planned clause spoken by its voice, grouped by split."""
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+
+        def make(job: SynthesisJob) -> Utterance:
+            rel = f"wav/{job.split}/{job.engine}_{job.voice.replace('+', '_')}_{job.index:05d}.wav"
+            samples = write_once(out_dir, rel, lambda: to_16k(
+                *synthesize(job.engine, job.voice, job.text, np.random.default_rng(job.seed), tmp)))
+            return Utterance(Path(rel), samples, job.text, f"{job.engine}:{job.voice}")
+
+        utts = produce_all(jobs_list, make, "synthesized", jobs)
+    by_split: Dict[str, List[Utterance]] = {}
+    for job, utt in zip(jobs_list, utts):
+        by_split.setdefault(job.split, []).append(utt)
+    return by_split
+
+
+def convert_real(out_dir: Path, prompts: List[RealPrompt], jobs: int) -> List[Utterance]:
+    """Packaged prompts to 16 kHz files at their ``rel`` paths."""
+    return produce_all(prompts, lambda p: Utterance(Path(p.rel), write_once(out_dir, p.rel, lambda: to_16k(
+        *read_real(p.path))), p.words, p.source), "converted", jobs)
+
+
+def pool_speech(english_used: set) -> List[RealPrompt]:
     """Every packaged prompt not already in ``train`` and at least 0.5 s long, as unlabelled pool entries."""
     entries, too_short = [], 0
     for package in [ENGLISH_PROMPTS] + POOL_SPEECH_PACKAGES:
@@ -364,10 +392,12 @@ def pool_speech(english_used: set) -> List[Tuple[Path, Optional[str], str, str]]
         for i, path in enumerate(package_audio(package)):
             if path.resolve() in english_used:
                 continue
-            if _real_seconds(path) < MIN_POOL_SECONDS:
+            seconds = _real_seconds(path)
+            if seconds < MIN_POOL_SECONDS:
                 too_short += 1
                 continue
-            entries.append((path, None, source, f"wav/pretrain/{source.replace(':', '_')}_{i:05d}.wav"))
+            entries.append(RealPrompt(path, None, source, f"wav/pretrain/{source.replace(':', '_')}_{i:05d}.wav",
+                                      seconds))
     print(f"  real pool: {len(entries)} packaged prompts ({too_short} shorter than {MIN_POOL_SECONDS} s left out)",
           flush=True)
     return entries
@@ -382,22 +412,19 @@ def build(out_dir: Path, minutes: float, seed: int, pool_hours: float, jobs: int
     out_dir = out_dir.resolve()
     budget = minutes * 60.0
     real = asterisk_prompts(max_seconds=0.25 * budget)
-    real_pool = pool_speech({p.resolve() for p, _ in real}) if pool_hours > 0 else []
-    real_seconds = sum(sf.info(p).duration for p, _ in real)
-    pool_real_seconds = sum(_real_seconds(p) for p, *_ in real_pool)
-    pools = plan_pools(collect_sentences(), rng, budget - real_seconds,
-                       max(0.0, pool_hours * 3600 - budget * 0.8 - pool_real_seconds) if pool_hours > 0 else 0.0)
+    real_pool = pool_speech({p.path.resolve() for p in real}) if pool_hours > 0 else []
+    real_seconds = sum(p.seconds for p in real + real_pool)
+    pools = plan_pools(collect_sentences(), rng, budget - sum(p.seconds for p in real),
+                       max(0.0, pool_hours * 3600 - real_seconds) if pool_hours > 0 else 0.0)
     voices = {"test": TEST_VOICES, "valid": VALID_VOICES, "train": TRAIN_VOICES, "pretrain_only": TRAIN_VOICES,
               "pool": POOL_VOICES}
     jobs_list = []
     for split, pool in pools.items():
         for i, text in enumerate(pool):
             engine, voice = voices[split][int(rng.integers(len(voices[split])))]
-            jobs_list.append((split, i, engine, voice, text, int(rng.integers(1 << 31))))
+            jobs_list.append(SynthesisJob(split, i, engine, voice, text, int(rng.integers(1 << 31))))
     utts = synthesize_all(out_dir, jobs_list, jobs)
-    english = [(path, words, "asterisk:en", f"wav/train/asterisk_en_{i:04d}_{path.stem}.wav")
-               for i, (path, words) in enumerate(real)]
-    train = utts.get("train", []) + convert_real(out_dir, english, jobs)
+    train = utts.get("train", []) + convert_real(out_dir, real, jobs)
     extra = convert_real(out_dir, real_pool, jobs) if real_pool else []
     splits = {"train": train, "valid": utts.get("valid", []), "test": utts.get("test", []),
               "pretrain": train + utts.get("pretrain_only", []) + utts.get("pool", []) + extra}
