@@ -23,10 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from finetune_experiment import decode, finetune, make_labels, pretrain_overrides, train_once
-
 from k2ssl_fairseq import presets
 from k2ssl_fairseq.bench.common import logged, provenance
+from k2ssl_fairseq.bench.experiment import decode, finetune, make_labels, pretrain_overrides, train_once
 
 SYSTEMS = {"zipformer_cnn": "zipformer_tiny", "zipformer_fbank": "zipformer_fbank_tiny"}
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

@@ -41,10 +41,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from finetune_experiment import decode, make_labels, pretrain_overrides, train_once
-
 from k2ssl_fairseq import presets
 from k2ssl_fairseq.bench.common import accuracy_curve, provenance
+from k2ssl_fairseq.bench.experiment import decode, make_labels, pretrain_overrides, train_once
 from k2ssl_fairseq.bench.stock import hubert_model_overrides, stock_hubert_config_dir
 
 REPO = Path(__file__).resolve().parents[1]

@@ -21,7 +21,7 @@ from typing import Callable, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from k2ssl_fairseq.bench.common import accuracy_curve  # noqa: E402
+from k2ssl_fairseq.bench.common import accuracy_curve, log_record  # noqa: E402
 
 PLUGIN = ROOT / "k2ssl_fairseq"
 #: Progress lines worth showing from each stage's log.
@@ -40,8 +40,8 @@ def run(cmd: Sequence[object], log: Path, total_updates: Optional[int] = None, e
                                                   env={**os.environ, **(env or {})}) as proc:
         for line in proc.stdout:
             sink.write(line)
-            if total_updates and "[train_inner][INFO] - {" in line:
-                record = json.loads(line.split(" - ", 1)[1])
+            record = log_record(line, "train_inner") if total_updates else None
+            if record is not None:
                 done, wall = int(float(record["num_updates"])), float(record["wall"])
                 if time.time() - last_report > 30 or done == total_updates:
                     last_report = time.time()

@@ -172,9 +172,14 @@ def hydra_train(
     return proc
 
 
+def log_record(line: str, tag: str) -> Optional[Dict[str, Any]]:
+    """The json record of one fairseq log line of kind ``tag`` (``train_inner``, ``valid``, ``train``), else None."""
+    return json.loads(line.split(" - ", 1)[1]) if f"[{tag}][INFO] - {{" in line else None
+
+
 def logged(log: str, tag: str) -> List[Dict[str, Any]]:
-    """fairseq's json log records of one kind (``train_inner``, ``valid``, ``train``) from a run's log text."""
-    return [json.loads(line.split(" - ", 1)[1]) for line in log.splitlines() if f"[{tag}][INFO] - {{" in line]
+    """Every record of kind ``tag`` in a run's whole log text."""
+    return [record for line in log.splitlines() if (record := log_record(line, tag)) is not None]
 
 
 def accuracy_curve(log: str, window: int = 50) -> List[Dict[str, float]]:

@@ -1,0 +1,111 @@
+"""Stages the WER experiments under ``benchmarks/`` share: labels, hydra runs that are reused when the
+exact command already ran, fine-tuning, greedy decoding, parameter counts.
+
+Every stage runs the project's own entry points in a subprocess (``fairseq-hydra-train`` through
+``bench.common.hydra_train``, ``k2ssl_fairseq.tools.*``), so an experiment exercises what users run.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from .. import presets
+from .common import hydra_train, hydra_train_command, logged
+
+
+def run(cmd: Sequence[str], log: Path) -> str:
+    """Run a command, keep its output in ``log``, fail with its tail; return the command line."""
+    proc = subprocess.run(list(cmd), capture_output=True, text=True)
+    log.write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        raise RuntimeError(f"command failed ({proc.returncode}): {shlex.join(cmd)}\n{(proc.stdout + proc.stderr)[-4000:]}")
+    return shlex.join(cmd)
+
+
+def trained(proc: subprocess.CompletedProcess, seconds: float) -> Dict[str, Any]:
+    """Command, wall time, updates and last losses of a hydra run."""
+    log = proc.stdout + proc.stderr
+    updates = logged(log, "train_inner")
+    return {"command": shlex.join(proc.args), "wall_seconds": round(seconds, 1),
+            "updates": int(float(updates[-1]["num_updates"])) if updates else 0,
+            "first_loss": float(updates[0]["loss"]) if updates else None,
+            "last_loss": float(updates[-1]["loss"]) if updates else None}
+
+
+def make_labels(corpus: Path, labels: Path, clusters: int) -> str:
+    """MFCC k-means labels at 50 Hz for ``pretrain`` (learned there) and ``valid``; reused if present."""
+    cmd = [sys.executable, "-m", "k2ssl_fairseq.tools.make_labels", "--data", str(corpus), "--out", str(labels),
+           "--n-clusters", str(clusters), "--label-rate", "50", "--splits", "pretrain", "valid",
+           "--train-split", "pretrain", "--max-points", "200000"]
+    if (labels / "dict.km.txt").is_file() and (labels / "pretrain.km").is_file():
+        return shlex.join(cmd) + "  # (reused existing output)"
+    labels.mkdir(parents=True, exist_ok=True)
+    return run(cmd, labels.parent / "labels.log")
+
+
+def pretrain_overrides(corpus: Path, labels: Path, minutes: float) -> List[str]:
+    """What both pre-trainings share: data, labels, batch, crop, the time budget, no validation."""
+    return [f"task.data={corpus}", f"task.label_dir={labels}", "task.labels=[km]", "dataset.train_subset=pretrain",
+            "dataset.valid_subset=valid", "dataset.disable_validation=true", "dataset.max_tokens=100000",
+            "task.max_sample_size=64000", "task.min_sample_size=8000", "optimization.max_update=10000000",
+            f"optimization.stop_time_hours={minutes / 60.0}", "checkpoint.save_interval_updates=0"]
+
+
+def train_once(overrides: Sequence[str], run_dir: Path, config_dir: Path, config_name: str,
+               env: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+    """Run a hydra training unless ``run_dir/record.json`` shows this exact command already ran.
+
+    Reuse lets the fine-tuning stage be rerun with other settings on the same pre-trained models.
+    """
+    record_file = run_dir / "record.json"
+    command = shlex.join(hydra_train_command(overrides, run_dir, config_dir, config_name))
+    if record_file.is_file():
+        record = json.loads(record_file.read_text())
+        if record["command"] == command and (run_dir / "ckpt" / "checkpoint_last.pt").is_file():
+            return {**record, "reused": True}
+    started = time.perf_counter()
+    proc = hydra_train(overrides, run_dir, config_dir=config_dir, config_name=config_name, timeout=None, env=env)
+    record = trained(proc, time.perf_counter() - started)
+    record_file.write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def finetune(corpus: Path, pretrained: Path, preset: str, updates: int, run_dir: Path,
+             extra: Sequence[str] = (), threads: Optional[int] = None) -> Dict[str, Any]:
+    """The shared fine-tuning: validation on ``valid`` after every epoch (CTC loss, UER, WER in the
+    log; nothing is selected on it), one save at the end, which is what gets decoded."""
+    overrides = [f"task.data={corpus}", f"task.label_dir={corpus}", f"model.pretrained_path={pretrained}",
+                 f"optimization.max_update={updates}", "dataset.disable_validation=false",
+                 "dataset.validate_interval=1", "checkpoint.save_interval=100000", *extra]
+    env = None if threads is None else {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    record = train_once(overrides, run_dir, presets.config_dir("finetune"), preset, env)
+    valid = logged((run_dir / "train.log").read_text(), "valid")
+    record["valid_curve"] = [{"epoch": v.get("epoch"), "updates": int(float(v["valid_num_updates"])),
+                              "ctc_loss_per_letter": float(v.get("valid_nll_loss", v["valid_loss"])), "uer": float(v["valid_uer"]),
+                              "wer": float(v["valid_wer"])} for v in valid]
+    return record
+
+
+def decode(checkpoint: Path, corpus: Path, subset: str, out: Path) -> Dict[str, Any]:
+    """Greedy CTC decoding of ``subset`` with ``k2ssl-decode-ctc``; its WER/CER report and command."""
+    cmd = [sys.executable, "-m", "k2ssl_fairseq.tools.decode_ctc", "--checkpoint", str(checkpoint), "--data", str(corpus),
+           "--subset", subset, "--results-dir", str(out), "--device", "cpu"]
+    command = run(cmd, out.parent / f"decode_{subset}.log")
+    report = json.loads((out / "wer.json").read_text())
+    return {"command": command, "wer": report["wer"], "cer": report["cer"], "word_errors": report["word_errors"],
+            "ref_words": report["ref_words"], "utterances": report["utterances"]}
+
+
+def parameter_count(checkpoint: Path) -> Dict[str, int]:
+    """Parameters of the fine-tuned model: encoder (pre-training head removed) and CTC head."""
+    from k2ssl_fairseq import checkpoints
+
+    weights = checkpoints.load_checkpoint(checkpoint)["model"]
+    head = sum(v.numel() for k, v in weights.items() if k.startswith("proj."))
+    encoder = sum(v.numel() for k, v in weights.items() if k.startswith("encoder.") and v.is_floating_point())
+    return {"encoder_parameters": int(encoder), "head_parameters": int(head)}

@@ -1,0 +1,49 @@
+"""The experiments' shared stages reuse a finished run only when its exact command ran, and fail loudly."""
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+from k2ssl_fairseq import presets
+from k2ssl_fairseq.bench import experiment
+from k2ssl_fairseq.bench.common import hydra_train_command
+
+
+def _finished_run(run_dir: Path, overrides: list) -> None:
+    (run_dir / "ckpt").mkdir(parents=True)
+    (run_dir / "ckpt" / "checkpoint_last.pt").write_bytes(b"")
+    command = shlex.join(hydra_train_command(overrides, run_dir, presets.config_dir("finetune"), "zipformer_small"))
+    (run_dir / "record.json").write_text(json.dumps({"command": command, "updates": 7}))
+
+
+def test_a_run_with_the_same_command_is_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(experiment, "hydra_train", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    _finished_run(tmp_path / "run", ["optimization.max_update=7"])
+    record = experiment.train_once(["optimization.max_update=7"], tmp_path / "run", presets.config_dir("finetune"),
+                                   "zipformer_small")
+    assert record == {"command": record["command"], "updates": 7, "reused": True}
+
+
+def test_a_run_with_another_command_trains_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    calls = []
+
+    def fake_train(overrides, run_dir, **kwargs):
+        calls.append(list(overrides))
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(experiment, "hydra_train", fake_train)
+    _finished_run(tmp_path / "run", ["optimization.max_update=7"])
+    with pytest.raises(RuntimeError, match="stop here"):
+        experiment.train_once(["optimization.max_update=8"], tmp_path / "run", presets.config_dir("finetune"),
+                              "zipformer_small")
+    assert calls == [["optimization.max_update=8"]]
+
+
+def test_a_failing_stage_names_its_command_and_keeps_its_log(tmp_path: Path):
+    with pytest.raises(RuntimeError, match=r"command failed \(3\).*-c.*boom"):
+        experiment.run([sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], tmp_path / "stage.log")
+    assert (tmp_path / "stage.log").read_text() == "boom\n"
