@@ -5,9 +5,10 @@ Each setting is a list of hydra overrides on a fine-tuning preset; every run val
 checkpoint every ``--validate-every`` updates, and each saved checkpoint is decoded greedily on
 ``valid`` (``k2ssl-decode-ctc``: CER on letters, WER on words). fairseq's own valid UER is kept too,
 but it counts the word-boundary symbol ``|``, which a model learns first, so early in training it
-reads far lower than the CER (measured: UER 84.8 where the CER was 99.1). Nothing is decoded on ``test``: the point is to
-pick settings without looking at it. Runs go ``--parallel`` at a time, one thread each, so a sweep
-costs the same machine time per setting. Writes ``finetune_sweep_<name>.{json,md}`` into ``--results``.
+reads far lower than the CER (measured: UER 84.8 where the CER was 99.1). Nothing is decoded on
+``test``: the point is to pick settings without looking at it. Runs go ``--parallel`` at a time,
+one thread each, so a sweep costs the same machine time per setting. Writes
+``finetune_sweep_<name>.{json,md}`` into ``--results``.
 
 Example::
 
@@ -90,15 +91,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     corpus, work, checkpoint = args.corpus.resolve(), args.work.resolve(), args.checkpoint.resolve()
     if not checkpoint.is_file():
         raise SystemExit(f"error: checkpoint {checkpoint} does not exist")
-    shared = [f"dataset.train_subset={args.train_subset}", "dataset.valid_subset=valid",
-              f"dataset.validate_interval_updates={args.validate_every}", "optimization.max_epoch=100000",
+    shared = ["dataset.valid_subset=valid", f"dataset.validate_interval_updates={args.validate_every}",
+              "optimization.max_epoch=100000",
               f"checkpoint.save_interval_updates={args.validate_every}", "checkpoint.keep_interval_updates=-1"]
 
     def run(item) -> Dict[str, Any]:
         name, overrides = item
         run_dir = work / name
         try:
-            record = finetune(corpus, checkpoint, args.preset, args.updates, run_dir, [*shared, *overrides], threads=1)
+            record = finetune(corpus, checkpoint, args.preset, args.updates, run_dir, [*shared, *overrides], threads=1,
+                              subset=args.train_subset)
             cer_curve = [{"updates": updates, **decode(path, corpus, "valid", run_dir / f"decode_valid_{updates}")}
                          for updates, path in saved_by_updates(run_dir / "ckpt", record["updates"])]
             return {"setting": name, "overrides": overrides, "finetune": record, "valid_curve": record["valid_curve"],

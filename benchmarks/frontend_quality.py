@@ -24,18 +24,17 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from k2ssl_fairseq import presets
-from k2ssl_fairseq.bench.common import logged, provenance
+from k2ssl_fairseq.bench.common import logged, provenance, thread_env
 from k2ssl_fairseq.bench.experiment import decode, finetune, make_labels, pretrain_overrides, train_once
 
 SYSTEMS = {"zipformer_cnn": "zipformer_tiny", "zipformer_fbank": "zipformer_fbank_tiny"}
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def pretrain(corpus: Path, labels: Path, minutes: float, preset: str, run_dir: Path) -> Dict[str, Any]:
     """The shared pre-training budget with one validation at the end (its masked accuracy)."""
     overrides = [o for o in pretrain_overrides(corpus, labels, minutes) if not o.startswith("dataset.disable_validation")]
     overrides += ["task.max_duration=null", "dataset.disable_validation=false", "dataset.validate_interval=100000"]
-    record = train_once(overrides, run_dir, presets.config_dir("pretrain"), preset, ONE_THREAD)
+    record = train_once(overrides, run_dir, presets.config_dir("pretrain"), preset, thread_env(1))
     valid = logged((run_dir / "train.log").read_text(), "valid")
     record["valid_masked_accuracy"] = float(valid[-1]["valid_correct_m_0"]) if valid else None
     record["valid_loss"] = float(valid[-1]["valid_loss"]) if valid else None

@@ -42,12 +42,11 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from k2ssl_fairseq import presets
-from k2ssl_fairseq.bench.common import accuracy_curve, provenance
-from k2ssl_fairseq.bench.experiment import decode, make_labels, pretrain_overrides, train_once
+from k2ssl_fairseq.bench.common import accuracy_curve, provenance, thread_env
+from k2ssl_fairseq.bench.experiment import decode, finetune, make_labels, pretrain_overrides, train_once
 from k2ssl_fairseq.bench.stock import hubert_model_overrides, stock_hubert_config_dir
 
 REPO = Path(__file__).resolve().parents[1]
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 BATCH_SECONDS = 24
 LABELLED = {"10min": "train_10min", "1h": "train_1h"}
 #: Pre-training systems: the hydra preset (plugin) or stock HuBERT, and the fine-tuning preset.
@@ -66,26 +65,24 @@ def pretrain(system: str, corpus: Path, labels: Path, minutes: float, expected_u
     preset, _ = PRETRAIN_SYSTEMS[system]
     if preset is not None:
         record = train_once(shared + [f"task.max_duration={BATCH_SECONDS}", "dataset.max_tokens=100000000"],
-                            run_dir, presets.config_dir("pretrain"), preset, ONE_THREAD)
+                            run_dir, presets.config_dir("pretrain"), preset, thread_env(1))
     else:
         record = train_once(shared + ["model.label_rate=50", "lr_scheduler.warmup_updates=200",
                                       f"+lr_scheduler.total_num_update={expected_updates}",
                                       f"dataset.max_tokens={BATCH_SECONDS * 16000}", *hubert_model_overrides("small")],
-                            run_dir, stock_hubert_config_dir(), "hubert_base_librispeech", ONE_THREAD)
+                            run_dir, stock_hubert_config_dir(), "hubert_base_librispeech", thread_env(1))
     record["curve"] = accuracy_curve((run_dir / "train.log").read_text())
     return record
 
 
-def finetune(name: str, checkpoint: Path, preset: str, subset: str, corpus: Path, updates: int,
-             overrides: Sequence[str], run_dir: Path) -> Dict[str, Any]:
-    """The shared letter-CTC fine-tuning on one labelled subset; one save at the end, which is decoded."""
-    cmd_overrides = [f"task.data={corpus}", f"task.label_dir={corpus}", f"model.pretrained_path={checkpoint}",
-                     f"dataset.train_subset={subset}", "dataset.valid_subset=valid", "dataset.disable_validation=true",
-                     f"optimization.max_update={updates}", "optimization.max_epoch=100000",
-                     "checkpoint.save_interval=100000", *overrides]
+def finetune_and_decode(name: str, checkpoint: Path, preset: str, subset: str, corpus: Path, updates: int,
+                        overrides: Sequence[str], run_dir: Path) -> Dict[str, Any]:
+    """The shared letter-CTC fine-tuning on one labelled subset, one thread, no validation; the final
+    model is decoded on ``valid`` and ``test``."""
+    extra = ["dataset.valid_subset=valid", "optimization.max_epoch=100000", *overrides]
     if name == "zipformer_scratch":
-        cmd_overrides.append("model.pretrained_weights=false")
-    record = train_once(cmd_overrides, run_dir, presets.config_dir("finetune"), preset, ONE_THREAD)
+        extra.append("model.pretrained_weights=false")
+    record = finetune(corpus, checkpoint, preset, updates, run_dir, extra, threads=1, subset=subset, validate=False)
     final = run_dir / "ckpt" / "checkpoint_last.pt"
     record["valid"] = decode(final, corpus, "valid", run_dir / "decode_valid")
     record["test"] = decode(final, corpus, "test", run_dir / "decode_test")
@@ -108,7 +105,8 @@ def markdown(payload: Dict[str, Any]) -> str:
         lines.append(f"| {r['system']} | {r['labelled']} | {r['pretrain_minutes']} | {r['pretrain_updates']} | "
                      f"{r['finetune_updates']} | {r['valid_cer']:.2f} | {r['test_cer']:.2f} | {r['test_wer']:.2f} |")
     lines += ["", "## Targets", ""]
-    lines += [f"- {t['target']}: **{'holds' if t['holds'] else 'fails'}** ({t['measured']})" for t in payload["targets"]]
+    lines += [f"- {t['target']}: **{'holds' if t['holds'] else 'fails'}** ({t['measured']})"
+              for t in payload["targets"]]
     lines += ["", "## Pre-training", ""]
     for name, pre in payload["pretrain"].items():
         last = pre["curve"][-1] if pre["curve"] else {}
@@ -201,7 +199,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             finetunes.append((system, labelled, source, subset))
     print(f"fine-tuning {len(finetunes)} runs, {args.finetune_updates} updates each, {args.parallel} at a time",
           flush=True)
-    ft_records = run_all([lambda f=f: finetune(f[0], work / f"{f[2]}_pt" / "ckpt" / "checkpoint_last.pt",
+    ft_records = run_all([lambda f=f: finetune_and_decode(f[0], work / f"{f[2]}_pt" / "ckpt" / "checkpoint_last.pt",
                                                PRETRAIN_SYSTEMS[f[2]][1], f[3], corpus, args.finetune_updates,
                                                args.finetune_overrides, work / f"{f[0]}_{f[1]}_ft")
                           for f in finetunes], args.parallel)

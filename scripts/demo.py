@@ -21,13 +21,13 @@ from typing import Callable, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from k2ssl_fairseq.bench.common import accuracy_curve, log_record  # noqa: E402
+from k2ssl_fairseq.bench.common import accuracy_curve, log_record, thread_env  # noqa: E402
 
 PLUGIN = ROOT / "k2ssl_fairseq"
 #: Progress lines worth showing from each stage's log.
 SHOWN = ("synthesized", "converted", "k-means", "labels", "wrote", "WER", "error")
 #: Small models train faster on one thread than on two here (README: measured 0.65 vs 0.78 s/update).
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+ONE_THREAD = thread_env(1)
 #: Pace of the training stages on the demo corpus, one thread, measured on this 2-core machine.
 PRETRAIN_SECONDS_PER_UPDATE = 0.9
 FINETUNE_SECONDS_PER_UPDATE = 0.6
@@ -120,13 +120,15 @@ def main(argv: Sequence[str] = None) -> None:
          "--train-split", "pretrain", "--n-clusters", args.clusters, "--feature", "mfcc", "--label-rate", "50"],
         work / "logs" / "labels.log"))
     stage(f"3/6 pre-train zipformer_small, {args.pretrain_updates} updates (plugin, fairseq-hydra-train)",
-          f"{args.pretrain_updates * PRETRAIN_SECONDS_PER_UPDATE / 60:.0f} min", pretrain / "ckpt" / "checkpoint_last.pt",
+          f"{args.pretrain_updates * PRETRAIN_SECONDS_PER_UPDATE / 60:.0f} min",
+          pretrain / "ckpt" / "checkpoint_last.pt",
           lambda: run(hydra("pretrain", "zipformer_small", pretrain, [
               f"task.data={corpus}", f"task.label_dir={labels}", "dataset.train_subset=pretrain",
               "dataset.valid_subset=valid", "dataset.disable_validation=true",
               f"optimization.max_update={args.pretrain_updates}"]),
               work / "logs" / "pretrain.log", args.pretrain_updates, ONE_THREAD))
-    stage(f"4/6 fine-tune letter CTC on train, {args.finetune_updates} updates", f"{args.finetune_updates * FINETUNE_SECONDS_PER_UPDATE / 60:.0f} min",
+    stage(f"4/6 fine-tune letter CTC on train, {args.finetune_updates} updates",
+          f"{args.finetune_updates * FINETUNE_SECONDS_PER_UPDATE / 60:.0f} min",
           finetune / "ckpt" / "checkpoint_last.pt", lambda: run(
               hydra("finetune", "zipformer_small", finetune, [
                   f"task.data={corpus}", f"task.label_dir={corpus}",

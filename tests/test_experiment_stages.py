@@ -47,3 +47,24 @@ def test_a_failing_stage_names_its_command_and_keeps_its_log(tmp_path: Path):
     with pytest.raises(RuntimeError, match=r"command failed \(3\).*-c.*boom"):
         experiment.run([sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], tmp_path / "stage.log")
     assert (tmp_path / "stage.log").read_text() == "boom\n"
+
+
+@pytest.mark.parametrize("validate, expected", [
+    (True, ["dataset.disable_validation=false", "dataset.validate_interval=1"]),
+    (False, ["dataset.disable_validation=true"])])
+def test_finetune_trains_on_its_subset_with_or_without_validation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   validate, expected):
+    seen = {}
+
+    def fake_train_once(overrides, run_dir, config_dir, config_name, env=None):
+        seen.update(overrides=list(overrides), config_name=config_name, env=env)
+        (run_dir / "train.log").write_text("")
+        return {"command": "x", "updates": 3}
+
+    monkeypatch.setattr(experiment, "train_once", fake_train_once)
+    record = experiment.finetune(tmp_path / "corpus", tmp_path / "pt.pt", "zipformer_small", 3, tmp_path, ["a.b=1"],
+                                 threads=1, subset="train_10min", validate=validate)
+    assert record["valid_curve"] == [] and seen["config_name"] == "zipformer_small"
+    assert seen["env"] == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    assert "dataset.train_subset=train_10min" in seen["overrides"] and seen["overrides"][-1] == "a.b=1"
+    assert [o for o in seen["overrides"] if "validat" in o] == expected

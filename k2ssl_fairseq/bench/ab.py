@@ -41,7 +41,7 @@ import numpy as np
 
 from .. import presets
 from ..tools import quiet_library_output
-from .common import provenance, write_json
+from .common import provenance, thread_env, write_json
 from .stock import STOCK_HUBERT_SIZES, hubert_model_overrides, stock_hubert_config_dir
 
 SYSTEMS = ("stock_hubert", "k2ssl_hubert_cosine", "k2ssl_hubert_linear", "zipformer_ssl", "zipformer_fbank")
@@ -370,7 +370,7 @@ def run_system(spec: RunSpec, device: str, work: Path, plan: Optional[Path], thr
         {"system": spec.system, "updates": spec.updates, "warmup": spec.warmup,
          "plan": str(plan) if plan else None})})
     if threads:
-        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        env.update(thread_env(threads))
     cmd = [sys.executable, "-m", "k2ssl_fairseq.bench.ab", "--worker", "--config-dir", str(spec.config_dir),
            "--config-name", spec.config_name, f"hydra.run.dir={work / spec.system}", *spec.overrides]
     log_lines: List[str] = []

@@ -172,6 +172,11 @@ def hydra_train(
     return proc
 
 
+def thread_env(threads: int) -> Dict[str, str]:
+    """Environment that pins a child process's BLAS/OpenMP pools to ``threads`` (runs side by side get a core each)."""
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
 def log_record(line: str, tag: str) -> Optional[Dict[str, Any]]:
     """The json record of one fairseq log line of kind ``tag`` (``train_inner``, ``valid``, ``train``), else None."""
     return json.loads(line.split(" - ", 1)[1]) if f"[{tag}][INFO] - {{" in line else None

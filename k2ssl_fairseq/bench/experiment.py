@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from .. import presets
-from .common import hydra_train, hydra_train_command, logged
+from .common import hydra_train, hydra_train_command, logged, thread_env
 
 
 def run(cmd: Sequence[str], log: Path) -> str:
@@ -23,7 +23,8 @@ def run(cmd: Sequence[str], log: Path) -> str:
     proc = subprocess.run(list(cmd), capture_output=True, text=True)
     log.write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
-        raise RuntimeError(f"command failed ({proc.returncode}): {shlex.join(cmd)}\n{(proc.stdout + proc.stderr)[-4000:]}")
+        tail = (proc.stdout + proc.stderr)[-4000:]
+        raise RuntimeError(f"command failed ({proc.returncode}): {shlex.join(cmd)}\n{tail}")
     return shlex.join(cmd)
 
 
@@ -76,25 +77,29 @@ def train_once(overrides: Sequence[str], run_dir: Path, config_dir: Path, config
 
 
 def finetune(corpus: Path, pretrained: Path, preset: str, updates: int, run_dir: Path,
-             extra: Sequence[str] = (), threads: Optional[int] = None) -> Dict[str, Any]:
-    """The shared fine-tuning: validation on ``valid`` after every epoch (CTC loss, UER, WER in the
-    log; nothing is selected on it), one save at the end, which is what gets decoded."""
+             extra: Sequence[str] = (), threads: Optional[int] = None, subset: str = "train",
+             validate: bool = True) -> Dict[str, Any]:
+    """The shared fine-tuning on ``subset``: with ``validate``, a pass on ``valid`` after every epoch (CTC
+    loss, UER, WER in the log; nothing is selected on it); one save at the end, which is what gets decoded."""
+    validation = ["dataset.disable_validation=false", "dataset.validate_interval=1"] if validate else [
+        "dataset.disable_validation=true"]
     overrides = [f"task.data={corpus}", f"task.label_dir={corpus}", f"model.pretrained_path={pretrained}",
-                 f"optimization.max_update={updates}", "dataset.disable_validation=false",
-                 "dataset.validate_interval=1", "checkpoint.save_interval=100000", *extra]
-    env = None if threads is None else {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+                 f"dataset.train_subset={subset}", f"optimization.max_update={updates}", *validation,
+                 "checkpoint.save_interval=100000", *extra]
+    env = None if threads is None else thread_env(threads)
     record = train_once(overrides, run_dir, presets.config_dir("finetune"), preset, env)
     valid = logged((run_dir / "train.log").read_text(), "valid")
     record["valid_curve"] = [{"epoch": v.get("epoch"), "updates": int(float(v["valid_num_updates"])),
-                              "ctc_loss_per_letter": float(v.get("valid_nll_loss", v["valid_loss"])), "uer": float(v["valid_uer"]),
+                              "ctc_loss_per_letter": float(v.get("valid_nll_loss", v["valid_loss"])),
+                              "uer": float(v["valid_uer"]),
                               "wer": float(v["valid_wer"])} for v in valid]
     return record
 
 
 def decode(checkpoint: Path, corpus: Path, subset: str, out: Path) -> Dict[str, Any]:
     """Greedy CTC decoding of ``subset`` with ``k2ssl-decode-ctc``; its WER/CER report and command."""
-    cmd = [sys.executable, "-m", "k2ssl_fairseq.tools.decode_ctc", "--checkpoint", str(checkpoint), "--data", str(corpus),
-           "--subset", subset, "--results-dir", str(out), "--device", "cpu"]
+    cmd = [sys.executable, "-m", "k2ssl_fairseq.tools.decode_ctc", "--checkpoint", str(checkpoint),
+           "--data", str(corpus), "--subset", subset, "--results-dir", str(out), "--device", "cpu"]
     command = run(cmd, out.parent / f"decode_{subset}.log")
     report = json.loads((out / "wer.json").read_text())
     return {"command": command, "wer": report["wer"], "cer": report["cer"], "word_errors": report["word_errors"],
