@@ -285,7 +285,7 @@ def asterisk_prompts(max_seconds: float) -> List[RealPrompt]:
             wav = ASTERISK_DIR / "en_US_f_Allison" / f"{name.strip()}.wav"
             if words is None or not wav.is_file():
                 continue
-            seconds = sf.info(wav).duration
+            seconds = _real_seconds(wav)
             if total + seconds > max_seconds:
                 break
             rel = f"wav/train/asterisk_en_{len(chosen):04d}_{wav.stem}.wav"
@@ -379,8 +379,11 @@ def synthesize_all(out_dir: Path, jobs_list: List[SynthesisJob], jobs: int) -> D
 
 def convert_real(out_dir: Path, prompts: List[RealPrompt], jobs: int) -> List[Utterance]:
     """Packaged prompts to 16 kHz files at their ``rel`` paths."""
-    return produce_all(prompts, lambda p: Utterance(Path(p.rel), write_once(out_dir, p.rel, lambda: to_16k(
-        *read_real(p.path))), p.words, p.source), "converted", jobs)
+    def make(prompt: RealPrompt) -> Utterance:
+        samples = write_once(out_dir, prompt.rel, lambda: to_16k(*read_real(prompt.path)))
+        return Utterance(Path(prompt.rel), samples, prompt.words, prompt.source)
+
+    return produce_all(prompts, make, "converted", jobs)
 
 
 def pool_speech(english_used: set) -> List[RealPrompt]:
