@@ -24,10 +24,10 @@ import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 from k2ssl_fairseq.bench.common import provenance
-from k2ssl_fairseq.bench.experiment import decode, finetune
+from k2ssl_fairseq.bench.experiment import finetune, valid_cer_curve
 
 
 def parse_settings(raw: List[List[str]]) -> Dict[str, List[str]]:
@@ -40,13 +40,6 @@ def parse_settings(raw: List[List[str]]) -> Dict[str, List[str]]:
             raise SystemExit(f"error: a --setting starts with its name, got the override {name!r}")
         settings[name] = overrides
     return settings
-
-
-def saved_by_updates(ckpt_dir: Path, final_updates: int) -> List[Tuple[int, Path]]:
-    """fairseq's ``checkpoint_<epoch>_<updates>.pt`` saves by update count, ending with the final model."""
-    saved = sorted((int(p.stem.rsplit("_", 1)[1]), p) for p in ckpt_dir.glob("checkpoint_*_*.pt"))
-    saved = [(u, p) for u, p in saved if u < final_updates]
-    return saved + [(final_updates, ckpt_dir / "checkpoint_last.pt")]
 
 
 def markdown(payload: Dict[str, Any]) -> str:
@@ -101,8 +94,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         try:
             record = finetune(corpus, checkpoint, args.preset, args.updates, run_dir, [*shared, *overrides], threads=1,
                               subset=args.train_subset)
-            cer_curve = [{"updates": updates, **decode(path, corpus, "valid", run_dir / f"decode_valid_{updates}")}
-                         for updates, path in saved_by_updates(run_dir / "ckpt", record["updates"])]
+            cer_curve = valid_cer_curve(run_dir, corpus, record["updates"])
             return {"setting": name, "overrides": overrides, "finetune": record, "valid_curve": record["valid_curve"],
                     "valid_cer_curve": cer_curve, "valid": cer_curve[-1]}
         except RuntimeError as error:  # one broken setting must not cost the others' results

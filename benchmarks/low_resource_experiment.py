@@ -17,8 +17,9 @@ speech from dozens of voices) and the nested labelled subsets ``train_10min`` an
    Zipformer, random weights), with the same letter-CTC recipe and the same number of updates
    (budgeted in updates: a busy machine makes this stage slower, never different), ``--parallel``
    runs at a time, one thread each.
-4. Greedy CTC decoding of ``valid`` and ``test`` (``k2ssl-decode-ctc``); settings are chosen on
-   ``valid`` only.
+4. Greedy CTC decoding (``k2ssl-decode-ctc``) of ``valid`` with every checkpoint kept along the
+   fine-tuning (``--save-every``: the valid CER curve), and of ``test`` with the final model only;
+   settings are chosen on ``valid`` only.
 
 Writes ``low_resource_cpu.json`` (schema: ``{"runs": [{"system", "labelled", "pretrain_minutes",
 "pretrain_updates", "finetune_updates", "test_cer", "test_wer", "valid_cer"}], "command",
@@ -28,7 +29,7 @@ Every training is reused when ``run_dir/record.json`` shows the identical comman
 so a rerun resumes after the last finished run.
 
     python benchmarks/low_resource_experiment.py --corpus /work/exp/corpus --work /work/exp/runs \\
-        --pretrain-minutes 60 --finetune-updates 800
+        --pretrain-minutes 60 --finetune-updates 2000
 """
 from __future__ import annotations
 
@@ -43,7 +44,14 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from k2ssl_fairseq import presets
 from k2ssl_fairseq.bench.common import accuracy_curve, provenance, thread_env
-from k2ssl_fairseq.bench.experiment import decode, finetune, make_labels, pretrain_overrides, train_once
+from k2ssl_fairseq.bench.experiment import (
+    decode,
+    finetune,
+    make_labels,
+    pretrain_overrides,
+    train_once,
+    valid_cer_curve,
+)
 from k2ssl_fairseq.bench.stock import hubert_model_overrides, stock_hubert_config_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,7 +69,7 @@ def pretrain(system: str, corpus: Path, labels: Path, minutes: float, expected_u
     replaced = ("dataset.max_tokens=", "task.max_sample_size=", "checkpoint.save_interval_updates=")
     shared = [o for o in pretrain_overrides(corpus, labels, minutes) if not o.startswith(replaced)]
     shared += ["task.max_sample_size=160000", "checkpoint.save_interval_updates=500",
-               "checkpoint.keep_interval_updates=1"]
+               "checkpoint.keep_interval_updates=-1"]  # every 500 updates kept: fine-tune along pre-training
     preset, _ = PRETRAIN_SYSTEMS[system]
     if preset is not None:
         record = train_once(shared + [f"task.max_duration={BATCH_SECONDS}", "dataset.max_tokens=100000000"],
@@ -76,16 +84,18 @@ def pretrain(system: str, corpus: Path, labels: Path, minutes: float, expected_u
 
 
 def finetune_and_decode(name: str, checkpoint: Path, preset: str, subset: str, corpus: Path, updates: int,
-                        overrides: Sequence[str], run_dir: Path) -> Dict[str, Any]:
-    """The shared letter-CTC fine-tuning on one labelled subset, one thread, no validation; the final
-    model is decoded on ``valid`` and ``test``."""
-    extra = ["dataset.valid_subset=valid", "optimization.max_epoch=100000", *overrides]
+                        overrides: Sequence[str], save_every: int, run_dir: Path) -> Dict[str, Any]:
+    """The shared letter-CTC fine-tuning on one labelled subset, one thread, no validation pass; every
+    ``save_every`` updates a checkpoint is kept and decoded on ``valid`` (the CER curve), the final model
+    also on ``test``."""
+    extra = ["dataset.valid_subset=valid", "optimization.max_epoch=100000",
+             f"checkpoint.save_interval_updates={save_every}", "checkpoint.keep_interval_updates=-1", *overrides]
     if name == "zipformer_scratch":
         extra.append("model.pretrained_weights=false")
     record = finetune(corpus, checkpoint, preset, updates, run_dir, extra, threads=1, subset=subset, validate=False)
-    final = run_dir / "ckpt" / "checkpoint_last.pt"
-    record["valid"] = decode(final, corpus, "valid", run_dir / "decode_valid")
-    record["test"] = decode(final, corpus, "test", run_dir / "decode_test")
+    record["valid_cer_curve"] = valid_cer_curve(run_dir, corpus, record["updates"])
+    record["valid"] = record["valid_cer_curve"][-1]
+    record["test"] = decode(run_dir / "ckpt" / "checkpoint_last.pt", corpus, "test", run_dir / "decode_test")
     return record
 
 
@@ -107,6 +117,10 @@ def markdown(payload: Dict[str, Any]) -> str:
     lines += ["", "## Targets", ""]
     lines += [f"- {t['target']}: **{'holds' if t['holds'] else 'fails'}** ({t['measured']})"
               for t in payload["targets"]]
+    lines += ["", "## Fine-tuning curves (valid CER after so many updates)", ""]
+    lines += [f"- {r['system']} / {r['labelled']}: " + ", ".join(f"{p['updates']}: {p['cer']:.1f}"
+                                                                 for p in r["valid_cer_curve"])
+              for r in payload["runs"]]
     lines += ["", "## Pre-training", ""]
     for name, pre in payload["pretrain"].items():
         last = pre["curve"][-1] if pre["curve"] else {}
@@ -139,7 +153,7 @@ def plot(payload: Dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (bars, curves) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (bars, curves, finetuning) = plt.subplots(1, 3, figsize=(18, 4.5))
     systems = list(dict.fromkeys(r["system"] for r in payload["runs"]))
     width = 0.8 / max(1, len(LABELLED))
     for k, labelled in enumerate(LABELLED):
@@ -156,6 +170,13 @@ def plot(payload: Dict[str, Any], path: Path) -> None:
     curves.set_ylabel("masked-prediction accuracy (50-update mean)")
     curves.set_title("Pre-training on the 10 h pool, MFCC k-means labels")
     curves.legend()
+    for r in payload["runs"]:
+        finetuning.plot([p["updates"] for p in r["valid_cer_curve"]], [p["cer"] for p in r["valid_cer_curve"]],
+                        "-" if r["labelled"] == "10min" else "--", marker="o", label=f"{r['system']} ({r['labelled']})")
+    finetuning.set_xlabel("fine-tuning updates")
+    finetuning.set_ylabel("valid CER (%)")
+    finetuning.set_title("Fine-tuning: valid CER along the run")
+    finetuning.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -170,7 +191,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--pretrain-minutes", type=float, default=60.0, help="wall-clock budget of each pre-training")
     parser.add_argument("--expected-updates", type=int, default=2100,
                         help="stock HuBERT's polynomial-decay horizon: the updates the budget gives it (measured)")
-    parser.add_argument("--finetune-updates", type=int, default=800, help="fine-tuning updates of every run")
+    parser.add_argument("--finetune-updates", type=int, default=2000, help="fine-tuning updates of every run")
+    parser.add_argument("--save-every", type=int, default=500,
+                        help="fine-tuning updates between the checkpoints decoded on valid (the CER curve)")
     parser.add_argument("--finetune-overrides", nargs="*", default=["optimization.lr=[0.02]", "model.mask_prob=0.3"],
                         help="hydra overrides of every fine-tuning (chosen on valid)")
     parser.add_argument("--clusters", type=int, default=100)
@@ -201,7 +224,7 @@ def main(argv: Optional[List[str]] = None) -> int:
           flush=True)
     ft_records = run_all([lambda f=f: finetune_and_decode(f[0], work / f"{f[2]}_pt" / "ckpt" / "checkpoint_last.pt",
                                                PRETRAIN_SYSTEMS[f[2]][1], f[3], corpus, args.finetune_updates,
-                                               args.finetune_overrides, work / f"{f[0]}_{f[1]}_ft")
+                                               args.finetune_overrides, args.save_every, work / f"{f[0]}_{f[1]}_ft")
                           for f in finetunes], args.parallel)
     runs = []
     for (system, labelled, source, _), record in zip(finetunes, ft_records):
@@ -211,7 +234,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                      "pretrain_updates": source_pre["updates"] if source_pre else 0,
                      "finetune_updates": record["updates"], "test_cer": record["test"]["cer"],
                      "test_wer": record["test"]["wer"], "valid_cer": record["valid"]["cer"],
-                     "valid_wer": record["valid"]["wer"], "finetune_command": record["command"]})
+                     "valid_wer": record["valid"]["wer"], "finetune_command": record["command"],
+                     "valid_cer_curve": [{"updates": p["updates"], "cer": p["cer"]}
+                                         for p in record["valid_cer_curve"]]})
         print(f"{system} / {labelled}: valid CER {record['valid']['cer']:.2f}, test CER {record['test']['cer']:.2f}",
               flush=True)
     info = provenance("cpu")

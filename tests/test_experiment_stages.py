@@ -68,3 +68,11 @@ def test_finetune_trains_on_its_subset_with_or_without_validation(tmp_path: Path
     assert seen["env"] == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     assert "dataset.train_subset=train_10min" in seen["overrides"] and seen["overrides"][-1] == "a.b=1"
     assert [o for o in seen["overrides"] if "validat" in o] == expected
+
+
+def test_checkpoints_are_decoded_in_update_order_ending_with_the_final_model(tmp_path: Path):
+    for name in ("checkpoint_3_1500.pt", "checkpoint_1_500.pt", "checkpoint_2_1000.pt", "checkpoint_best.pt"):
+        (tmp_path / name).write_bytes(b"")
+    assert experiment.saved_by_updates(tmp_path, 1200) == [
+        (500, tmp_path / "checkpoint_1_500.pt"), (1000, tmp_path / "checkpoint_2_1000.pt"),
+        (1200, tmp_path / "checkpoint_last.pt")]

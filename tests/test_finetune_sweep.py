@@ -1,4 +1,4 @@
-"""The fine-tuning sweep's argument grouping and its choice of checkpoints to decode."""
+"""The fine-tuning sweep's argument grouping."""
 from __future__ import annotations
 
 import importlib.util
@@ -23,10 +23,3 @@ def test_bad_settings_are_refused(raw, message):
     with pytest.raises(SystemExit, match=message):
         sweep.parse_settings(raw)
 
-
-def test_checkpoints_are_decoded_in_update_order_ending_with_the_final_model(tmp_path: Path):
-    for name in ("checkpoint_3_1500.pt", "checkpoint_1_500.pt", "checkpoint_2_1000.pt", "checkpoint_best.pt"):
-        (tmp_path / name).write_bytes(b"")
-    assert sweep.saved_by_updates(tmp_path, 1200) == [
-        (500, tmp_path / "checkpoint_1_500.pt"), (1000, tmp_path / "checkpoint_2_1000.pt"),
-        (1200, tmp_path / "checkpoint_last.pt")]

@@ -59,3 +59,19 @@ def test_hubert_overrides_add_only_what_the_stock_yaml_lacks():
 def test_small_presets_are_listed(name: str):
     kinds = [kind for kind in presets.KINDS if name in presets.names(kind)]
     assert kinds, name
+
+
+def _composed_finetune_model(name: str):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    with initialize_config_dir(config_dir=str(presets.config_dir("finetune")), version_base="1.1"):
+        cfg = compose(name, overrides=["hydra.run.dir=unused"])
+    GlobalHydra.instance().clear()
+    return OmegaConf.to_container(cfg.model)
+
+
+def test_small_finetuning_advances_the_schedules_eight_counts_per_update_and_keeps_tinys_recipe():
+    small, tiny = _composed_finetune_model("zipformer_small"), _composed_finetune_model("zipformer_tiny")
+    assert small.pop("seconds_per_update") == 4800.0 and "seconds_per_update" not in tiny
+    assert small == tiny

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .. import presets
 from .common import hydra_train, hydra_train_command, logged, thread_env
@@ -104,6 +104,21 @@ def decode(checkpoint: Path, corpus: Path, subset: str, out: Path) -> Dict[str, 
     report = json.loads((out / "wer.json").read_text())
     return {"command": command, "wer": report["wer"], "cer": report["cer"], "word_errors": report["word_errors"],
             "ref_words": report["ref_words"], "utterances": report["utterances"]}
+
+
+def saved_by_updates(ckpt_dir: Path, final_updates: int) -> List[Tuple[int, Path]]:
+    """fairseq's ``checkpoint_<epoch>_<updates>.pt`` saves by update count, ending with the final model."""
+    saved = sorted((int(p.stem.rsplit("_", 1)[1]), p) for p in ckpt_dir.glob("checkpoint_*_*.pt"))
+    saved = [(u, p) for u, p in saved if u < final_updates]
+    return saved + [(final_updates, ckpt_dir / "checkpoint_last.pt")]
+
+
+def valid_cer_curve(run_dir: Path, corpus: Path, final_updates: int) -> List[Dict[str, Any]]:
+    """Greedy decoding of ``valid`` with every checkpoint a fine-tuning in ``run_dir`` saved, in update
+    order. fairseq's own valid UER counts the word boundary ``|``, which CTC learns first, so early on it
+    reads far lower than the CER (measured: UER 84.8 where the CER was 99.1)."""
+    return [{"updates": updates, **decode(path, corpus, "valid", run_dir / f"decode_valid_{updates}")}
+            for updates, path in saved_by_updates(run_dir / "ckpt", final_updates)]
 
 
 def parameter_count(checkpoint: Path) -> Dict[str, int]:

@@ -1,0 +1,47 @@
+"""The low-resource experiment's report: targets computed from the runs, curves in the md and the plot."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "low_resource_experiment.py"
+spec = importlib.util.spec_from_file_location("low_resource_experiment", SCRIPT)
+experiment = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(experiment)
+
+
+def _run(system: str, labelled: str, test_cer: float) -> dict:
+    curve = [{"updates": 500, "cer": 95.0}, {"updates": 1000, "cer": test_cer + 1}]
+    return {"system": system, "labelled": labelled, "pretrain_minutes": 0 if system == "zipformer_scratch" else 60.1,
+            "pretrain_updates": 0 if system == "zipformer_scratch" else 2000, "finetune_updates": 1000,
+            "test_cer": test_cer, "test_wer": 99.0, "valid_cer": test_cer + 1, "valid_wer": 99.0,
+            "finetune_command": f"train {system} {labelled}", "valid_cer_curve": curve}
+
+
+def _payload(zipformer: float, scratch: float, hubert: float) -> dict:
+    runs = [_run("zipformer_small", "10min", zipformer), _run("hubert_small", "10min", hubert),
+            _run("zipformer_scratch", "10min", scratch), _run("zipformer_small", "1h", zipformer - 10)]
+    pre = {name: {"updates": 2000, "wall_seconds": 3606.0, "command": f"pretrain {name}",
+                  "curve": [{"minutes": 1.0, "masked_accuracy": 0.05}, {"minutes": 60.0, "masked_accuracy": 0.2}]}
+           for name in ("zipformer_small", "hubert_small")}
+    return {"runs": runs, "command": "python low_resource_experiment.py", "git_commit": "abc", "machine": "cpu",
+            "settings": {"finetune_updates": "1000"}, "labels_command": "make labels", "pretrain": pre,
+            "targets": experiment.targets(runs)}
+
+
+def test_targets_are_judged_on_ten_minutes_of_labels():
+    holds = {t["target"]: t["holds"] for t in experiment.targets(_payload(40.0, 60.0, 70.0)["runs"])}
+    assert list(holds.values()) == [True, True]
+    fails = experiment.targets(_payload(50.0, 60.0, 45.0)["runs"])
+    assert [t["holds"] for t in fails] == [False, False]
+    assert fails[0]["measured"] == "50.00 / 60.00 = 0.833x"
+
+
+def test_report_lists_every_run_its_valid_curve_and_command(tmp_path: Path):
+    payload = _payload(40.0, 60.0, 70.0)
+    text = experiment.markdown(payload)
+    assert "| zipformer_small | 1h | 60.1 | 2000 | 1000 | 31.00 | 30.00 | 99.00 |" in text
+    assert "- hubert_small / 10min: 500: 95.0, 1000: 71.0" in text
+    assert "`train zipformer_scratch 10min`" in text and "**holds** (40.00 / 60.00 = 0.667x)" in text
+    experiment.plot(payload, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
