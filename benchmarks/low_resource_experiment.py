@@ -39,6 +39,7 @@ import os
 import shlex
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -99,6 +100,48 @@ def finetune_and_decode(name: str, checkpoint: Path, preset: str, subset: str, c
     return record
 
 
+@dataclass(frozen=True)
+class FineTuning:
+    """One fine-tuning: which system, on which labels, from which checkpoint."""
+
+    system: str
+    labelled: str
+    preset: str
+    checkpoint: Path
+    pretrain_minutes: float
+    pretrain_updates: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.system.replace('@', '_at')}_{self.labelled}"
+
+
+def plan_finetunings(pre: Dict[str, Dict[str, Any]], work: Path, along: Sequence[int]) -> List[FineTuning]:
+    """Every pre-trained system and the scratch Zipformer on every labelled size, then the Zipformer on
+    10 min of labels from its pre-training checkpoints after ``along`` updates (``zipformer_small@<U>``):
+    test CER against pre-training minutes, and a Zipformer at stock HuBERT's effective pre-training time."""
+    plan = []
+    for labelled in LABELLED:
+        for system, record in pre.items():
+            plan.append(FineTuning(system, labelled, PRETRAIN_SYSTEMS[system][1],
+                                   work / f"{system}_pt" / "ckpt" / "checkpoint_last.pt",
+                                   round(record["wall_seconds"] / 60, 1), record["updates"]))
+        if "zipformer_small" in pre:
+            plan.append(FineTuning("zipformer_scratch", labelled, "zipformer_small",
+                                   work / "zipformer_small_pt" / "ckpt" / "checkpoint_last.pt", 0, 0))
+    for updates in along:
+        if "zipformer_small" not in pre:
+            raise SystemExit("error: --along-pretraining needs zipformer_small among --pretrain-systems")
+        saved = sorted((work / "zipformer_small_pt" / "ckpt").glob(f"checkpoint_*_{updates}.pt"))
+        minutes = [p["minutes"] for p in pre["zipformer_small"]["curve"] if p["updates"] == updates]
+        if not saved or not minutes:
+            raise SystemExit(f"error: zipformer_small's pre-training kept no checkpoint after {updates} updates "
+                             f"(under {work / 'zipformer_small_pt' / 'ckpt'}; one is kept every 500)")
+        plan.append(FineTuning(f"zipformer_small@{updates}", "10min", "zipformer_small", saved[0], minutes[0],
+                               updates))
+    return plan
+
+
 def run_all(jobs: List[Any], parallel: int) -> List[Any]:
     with ThreadPoolExecutor(parallel) as pool:
         return list(pool.map(lambda job: job(), jobs))
@@ -122,10 +165,16 @@ def markdown(payload: Dict[str, Any]) -> str:
                                                                  for p in r["valid_cer_curve"])
               for r in payload["runs"]]
     lines += ["", "## Pre-training", ""]
+    horizon = int(settings.get("expected_updates", 0))
     for name, pre in payload["pretrain"].items():
         last = pre["curve"][-1] if pre["curve"] else {}
-        lines.append(f"- {name}: {pre['updates']} updates in {pre['wall_seconds'] / 60:.1f} min, masked accuracy "
-                     f"{last.get('masked_accuracy', float('nan')):.3f} over its last 50 updates; `{pre['command']}`")
+        line = (f"- {name}: {pre['updates']} updates in {pre['wall_seconds'] / 60:.1f} min, masked accuracy "
+                f"{last.get('masked_accuracy', float('nan')):.3f} over its last 50 updates")
+        if PRETRAIN_SYSTEMS[name][0] is None and pre["updates"] > horizon:
+            reached = next(p["minutes"] for p in pre["curve"] if p["updates"] >= horizon)
+            line += (f". Its polynomial learning-rate decay ends at update {horizon} (`--expected-updates`), "
+                     f"reached after {reached} min: the later updates ran at lr 0 and changed nothing")
+        lines.append(f"{line}; `{pre['command']}`")
     lines += ["", "Labels: `" + payload["labels_command"] + "`", "", "Fine-tuning commands:", ""]
     lines += [f"- {r['system']} / {r['labelled']}: `{r['finetune_command']}`" for r in payload["runs"]]
     return "\n".join(lines) + "\n"
@@ -196,6 +245,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="fine-tuning updates between the checkpoints decoded on valid (the CER curve)")
     parser.add_argument("--finetune-overrides", nargs="*", default=["optimization.lr=[0.02]", "model.mask_prob=0.3"],
                         help="hydra overrides of every fine-tuning (chosen on valid)")
+    parser.add_argument("--along-pretraining", type=int, nargs="*", default=[],
+                        help="also fine-tune zipformer_small on 10 min of labels from its pre-training checkpoints "
+                             "after these updates (one is kept every 500)")
     parser.add_argument("--clusters", type=int, default=100)
     parser.add_argument("--parallel", type=int, default=max(1, os.cpu_count() or 1),
                         help="fine-tunings at a time, one thread each")
@@ -215,30 +267,24 @@ def main(argv: Optional[List[str]] = None) -> int:
                                                  args.expected_updates, work / f"{s}_pt")
                            for s in args.pretrain_systems], len(args.pretrain_systems))
     pre = dict(zip(args.pretrain_systems, pre_records))
-    finetunes = []
-    for labelled, subset in LABELLED.items():
-        for system in args.pretrain_systems + (["zipformer_scratch"] if "zipformer_small" in pre else []):
-            source = "zipformer_small" if system == "zipformer_scratch" else system
-            finetunes.append((system, labelled, source, subset))
+    finetunes = plan_finetunings(pre, work, args.along_pretraining)
     print(f"fine-tuning {len(finetunes)} runs, {args.finetune_updates} updates each, {args.parallel} at a time",
           flush=True)
-    ft_records = run_all([lambda f=f: finetune_and_decode(f[0], work / f"{f[2]}_pt" / "ckpt" / "checkpoint_last.pt",
-                                               PRETRAIN_SYSTEMS[f[2]][1], f[3], corpus, args.finetune_updates,
-                                               args.finetune_overrides, args.save_every, work / f"{f[0]}_{f[1]}_ft")
+    ft_records = run_all([lambda f=f: finetune_and_decode(f.system, f.checkpoint, f.preset, LABELLED[f.labelled],
+                                                          corpus, args.finetune_updates, args.finetune_overrides,
+                                                          args.save_every, work / f"{f.name}_ft")
                           for f in finetunes], args.parallel)
     runs = []
-    for (system, labelled, source, _), record in zip(finetunes, ft_records):
-        source_pre = pre[source] if system != "zipformer_scratch" else None
-        runs.append({"system": system, "labelled": labelled,
-                     "pretrain_minutes": round(source_pre["wall_seconds"] / 60, 1) if source_pre else 0,
-                     "pretrain_updates": source_pre["updates"] if source_pre else 0,
-                     "finetune_updates": record["updates"], "test_cer": record["test"]["cer"],
-                     "test_wer": record["test"]["wer"], "valid_cer": record["valid"]["cer"],
-                     "valid_wer": record["valid"]["wer"], "finetune_command": record["command"],
+    for f, record in zip(finetunes, ft_records):
+        runs.append({"system": f.system, "labelled": f.labelled, "pretrain_minutes": f.pretrain_minutes,
+                     "pretrain_updates": f.pretrain_updates, "finetune_updates": record["updates"],
+                     "test_cer": record["test"]["cer"], "test_wer": record["test"]["wer"],
+                     "valid_cer": record["valid"]["cer"], "valid_wer": record["valid"]["wer"],
+                     "finetune_command": record["command"],
                      "valid_cer_curve": [{"updates": p["updates"], "cer": p["cer"]}
                                          for p in record["valid_cer_curve"]]})
-        print(f"{system} / {labelled}: valid CER {record['valid']['cer']:.2f}, test CER {record['test']['cer']:.2f}",
-              flush=True)
+        print(f"{f.system} / {f.labelled}: valid CER {record['valid']['cer']:.2f}, "
+              f"test CER {record['test']['cer']:.2f}", flush=True)
     info = provenance("cpu")
     payload = {"runs": runs, "command": shlex.join([sys.executable, *sys.argv]), "git_commit": info["git_commit"],
                "machine": info["machine"], "settings": {**{k: str(v) for k, v in vars(args).items()},

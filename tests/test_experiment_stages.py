@@ -28,11 +28,12 @@ def test_a_run_with_the_same_command_is_reused(tmp_path: Path, monkeypatch: pyte
     assert record == {"command": record["command"], "updates": 7, "reused": True}
 
 
-def test_a_run_with_another_command_trains_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_a_run_with_another_command_trains_again_from_its_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     calls = []
 
     def fake_train(overrides, run_dir, **kwargs):
         calls.append(list(overrides))
+        assert not (run_dir / "ckpt").exists(), "fairseq would resume from the other command's checkpoint"
         raise RuntimeError("stop here")
 
     monkeypatch.setattr(experiment, "hydra_train", fake_train)

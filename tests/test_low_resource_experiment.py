@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
+
+import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "low_resource_experiment.py"
 spec = importlib.util.spec_from_file_location("low_resource_experiment", SCRIPT)
 experiment = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = experiment  # its dataclass looks its module up there
 spec.loader.exec_module(experiment)
 
 
@@ -22,11 +26,13 @@ def _payload(zipformer: float, scratch: float, hubert: float) -> dict:
     runs = [_run("zipformer_small", "10min", zipformer), _run("hubert_small", "10min", hubert),
             _run("zipformer_scratch", "10min", scratch), _run("zipformer_small", "1h", zipformer - 10)]
     pre = {name: {"updates": 2000, "wall_seconds": 3606.0, "command": f"pretrain {name}",
-                  "curve": [{"minutes": 1.0, "masked_accuracy": 0.05}, {"minutes": 60.0, "masked_accuracy": 0.2}]}
+                  "curve": [{"minutes": 1.0, "updates": 50, "masked_accuracy": 0.05},
+                            {"minutes": 30.5, "updates": 1500, "masked_accuracy": 0.1},
+                            {"minutes": 60.0, "updates": 2000, "masked_accuracy": 0.2}]}
            for name in ("zipformer_small", "hubert_small")}
     return {"runs": runs, "command": "python low_resource_experiment.py", "git_commit": "abc", "machine": "cpu",
-            "settings": {"finetune_updates": "1000"}, "labels_command": "make labels", "pretrain": pre,
-            "targets": experiment.targets(runs)}
+            "settings": {"finetune_updates": "1000", "expected_updates": "1500"}, "labels_command": "make labels",
+            "pretrain": pre, "targets": experiment.targets(runs)}
 
 
 def test_targets_are_judged_on_ten_minutes_of_labels():
@@ -43,5 +49,28 @@ def test_report_lists_every_run_its_valid_curve_and_command(tmp_path: Path):
     assert "| zipformer_small | 1h | 60.1 | 2000 | 1000 | 31.00 | 30.00 | 99.00 |" in text
     assert "- hubert_small / 10min: 500: 95.0, 1000: 71.0" in text
     assert "`train zipformer_scratch 10min`" in text and "**holds** (40.00 / 60.00 = 0.667x)" in text
+    hubert = next(line for line in text.splitlines() if line.startswith("- hubert_small: 2000 updates"))
+    assert "decay ends at update 1500 (`--expected-updates`), reached after 30.5 min" in hubert
+    zipformer = next(line for line in text.splitlines() if line.startswith("- zipformer_small: 2000 updates"))
+    assert "decay" not in zipformer
     experiment.plot(payload, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_finetunings_cover_every_system_and_labelled_size_then_points_along_pretraining(tmp_path: Path):
+    pre = _payload(40.0, 60.0, 70.0)["pretrain"]
+    ckpt = tmp_path / "zipformer_small_pt" / "ckpt"
+    ckpt.mkdir(parents=True)
+    (ckpt / "checkpoint_1_1500.pt").write_bytes(b"")
+    plan = experiment.plan_finetunings(pre, tmp_path, [1500])
+    assert [(f.system, f.labelled) for f in plan] == [
+        ("zipformer_small", "10min"), ("hubert_small", "10min"), ("zipformer_scratch", "10min"),
+        ("zipformer_small", "1h"), ("hubert_small", "1h"), ("zipformer_scratch", "1h"),
+        ("zipformer_small@1500", "10min")]
+    assert plan[1].checkpoint == tmp_path / "hubert_small_pt" / "ckpt" / "checkpoint_last.pt"
+    assert (plan[1].preset, plan[1].pretrain_minutes, plan[2].pretrain_updates) == ("hubert_small", 60.1, 0)
+    along = plan[-1]
+    assert (along.checkpoint, along.pretrain_minutes, along.pretrain_updates, along.name) == (
+        ckpt / "checkpoint_1_1500.pt", 30.5, 1500, "zipformer_small_at1500_10min")
+    with pytest.raises(SystemExit, match="kept no checkpoint after 1000 updates"):
+        experiment.plan_finetunings(pre, tmp_path, [1000])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -69,6 +70,10 @@ def train_once(overrides: Sequence[str], run_dir: Path, config_dir: Path, config
         record = json.loads(record_file.read_text())
         if record["command"] == command and (run_dir / "ckpt" / "checkpoint_last.pt").is_file():
             return {**record, "reused": True}
+    # fairseq resumes from a checkpoint_last.pt it finds: one left by another command or an interrupted
+    # run would silently continue instead of training this command from its start.
+    shutil.rmtree(run_dir / "ckpt", ignore_errors=True)
+    record_file.unlink(missing_ok=True)
     started = time.perf_counter()
     proc = hydra_train(overrides, run_dir, config_dir=config_dir, config_name=config_name, timeout=None, env=env)
     record = trained(proc, time.perf_counter() - started)
