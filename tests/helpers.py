@@ -10,7 +10,7 @@ import subprocess
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -153,3 +153,27 @@ def icefall_checkpoint() -> dict:
     return {"model": state, "model_avg": {k: v * 0.5 for k, v in state.items()}, "optimizer": {"state": {}},
             "batch_idx_train": 1234, "exp_dir": Path("/exp/zipformer"), **hparams}
 
+
+def compose_config(config_dir: Path, config_name: str, overrides: Sequence[str]):
+    """The config ``fairseq-hydra-train --config-dir <config_dir> --config-name <name>`` would run:
+    fairseq's schema, the preset, the overrides, then every registered dataclass's defaults."""
+    from fairseq.dataclass.initialize import add_defaults, hydra_init
+    from fairseq.dataclass.utils import omegaconf_no_object_check
+    from hydra import compose, initialize_config_dir
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    hydra_init(config_name)  # stores fairseq's schema under the preset's name, as fairseq-hydra-train does
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.1"):
+            cfg = compose(config_name, overrides=list(overrides))
+    finally:
+        GlobalHydra.instance().clear()
+        # A schema left stored under this name would be merged into a later preset that includes it.
+        ConfigStore.instance().repo.pop(f"{config_name}.yaml", None)
+    add_defaults(cfg)
+    with omegaconf_no_object_check():
+        cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    OmegaConf.set_struct(cfg, True)
+    return cfg

@@ -6,19 +6,16 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List
 
 import pytest
 import torch
 from fairseq import checkpoint_utils, tasks, utils
-from fairseq.dataclass.initialize import add_defaults, hydra_init
-from fairseq.dataclass.utils import omegaconf_no_object_check
 from fairseq.trainer import Trainer
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import OmegaConf, open_dict
+from omegaconf import open_dict
 
 import k2ssl_fairseq
+from helpers import compose_config
 from k2ssl_fairseq import checkpoints, patches
 from k2ssl_fairseq.bench.common import PLUGIN_DIR
 from k2ssl_fairseq.patches import atomic_checkpoints, nonfinite_skips, wrapping
@@ -26,24 +23,11 @@ from k2ssl_fairseq.patches import atomic_checkpoints, nonfinite_skips, wrapping
 PRESET_DIR = Path(__file__).resolve().parent.parent / "config" / "pretrain"
 
 
-def compose_config(config_name: str, overrides: Sequence[str]):
-    """The config ``fairseq-hydra-train --config-dir config/pretrain --config-name <name>`` would run."""
-    hydra_init(config_name)
-    with initialize_config_dir(config_dir=str(PRESET_DIR), version_base="1.1"):
-        cfg = compose(config_name, overrides=list(overrides))
-    GlobalHydra.instance().clear()
-    add_defaults(cfg)
-    with omegaconf_no_object_check():
-        cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
-    OmegaConf.set_struct(cfg, True)
-    return cfg
-
-
 @pytest.fixture(scope="module")
 def trainer_and_batches(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory):
     """A zipformer_tiny Trainer on the bucketed task, and the first epoch's batches."""
     save_dir = tmp_path_factory.mktemp("reliability_ckpt")
-    cfg = compose_config("zipformer_tiny", [
+    cfg = compose_config(PRESET_DIR, "zipformer_tiny", [
         f"task.data={tiny_corpus}", f"task.label_dir={tiny_corpus}", "task.max_duration=2.0",
         f"checkpoint.save_dir={save_dir}", f"common.user_dir={PLUGIN_DIR}",
         "hydra.run.dir=unused"])

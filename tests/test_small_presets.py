@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
+from helpers import compose_config
 from k2ssl_fairseq import presets
 from k2ssl_fairseq.bench.stock import STOCK_HUBERT_SIZES, hubert_model_overrides, stock_hubert_config_dir
 
@@ -61,17 +62,15 @@ def test_small_presets_are_listed(name: str):
     assert kinds, name
 
 
-def _composed_finetune_model(name: str):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+def _composed_finetune_model(name: str) -> dict:
+    import k2ssl_fairseq  # noqa: F401  (registers k2ssl_ctc, whose defaults fill the model section)
 
-    with initialize_config_dir(config_dir=str(presets.config_dir("finetune")), version_base="1.1"):
-        cfg = compose(name, overrides=["hydra.run.dir=unused"])
-    GlobalHydra.instance().clear()
+    cfg = compose_config(presets.config_dir("finetune"), name, [
+        "task.data=/d", "task.label_dir=/d", "model.pretrained_path=/p.pt", "hydra.run.dir=/r"])
     return OmegaConf.to_container(cfg.model)
 
 
 def test_small_finetuning_advances_the_schedules_eight_counts_per_update_and_keeps_tinys_recipe():
     small, tiny = _composed_finetune_model("zipformer_small"), _composed_finetune_model("zipformer_tiny")
-    assert small.pop("seconds_per_update") == 4800.0 and "seconds_per_update" not in tiny
-    assert small == tiny
+    assert small.pop("seconds_per_update") == 4800.0 and tiny.pop("seconds_per_update") is None
+    assert small == tiny and small["mask_prob"] == 0.65
