@@ -112,7 +112,10 @@ def decode(checkpoint: Path, corpus: Path, subset: str, out: Path) -> Dict[str, 
 
 
 def saved_by_updates(ckpt_dir: Path, final_updates: int) -> List[Tuple[int, Path]]:
-    """fairseq's ``checkpoint_<epoch>_<updates>.pt`` saves by update count, ending with the final model."""
+    """fairseq's ``checkpoint_<epoch>_<updates>.pt`` saves by update count, ending with the final model.
+
+    fairseq writes no such file when an interval save falls on an epoch's last update (only
+    ``checkpoint_last.pt``, overwritten later), so a curve can miss a point there."""
     saved = sorted((int(p.stem.rsplit("_", 1)[1]), p) for p in ckpt_dir.glob("checkpoint_*_*.pt"))
     saved = [(u, p) for u, p in saved if u < final_updates]
     return saved + [(final_updates, ckpt_dir / "checkpoint_last.pt")]
