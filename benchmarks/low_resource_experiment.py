@@ -116,6 +116,11 @@ class FineTuning:
         return f"{self.system.replace('@', '_at')}_{self.labelled}"
 
 
+def pretrain_dir(work: Path, system: str) -> Path:
+    """Where ``system``'s pre-training runs; its checkpoints are under ``ckpt/``."""
+    return work / f"{system}_pt"
+
+
 def plan_finetunings(pre: Dict[str, Dict[str, Any]], work: Path, along: Sequence[int]) -> List[FineTuning]:
     """Every pre-trained system and the scratch Zipformer on every labelled size, then the Zipformer on
     10 min of labels from its pre-training checkpoints after ``along`` updates (``zipformer_small@<U>``):
@@ -124,19 +129,20 @@ def plan_finetunings(pre: Dict[str, Dict[str, Any]], work: Path, along: Sequence
     for labelled in LABELLED:
         for system, record in pre.items():
             plan.append(FineTuning(system, labelled, PRETRAIN_SYSTEMS[system][1],
-                                   work / f"{system}_pt" / "ckpt" / "checkpoint_last.pt",
+                                   pretrain_dir(work, system) / "ckpt" / "checkpoint_last.pt",
                                    round(record["wall_seconds"] / 60, 1), record["updates"]))
         if "zipformer_small" in pre:
             plan.append(FineTuning("zipformer_scratch", labelled, "zipformer_small",
-                                   work / "zipformer_small_pt" / "ckpt" / "checkpoint_last.pt", 0, 0))
+                                   pretrain_dir(work, "zipformer_small") / "ckpt" / "checkpoint_last.pt", 0, 0))
     for updates in along:
         if "zipformer_small" not in pre:
             raise SystemExit("error: --along-pretraining needs zipformer_small among --pretrain-systems")
-        saved = sorted((work / "zipformer_small_pt" / "ckpt").glob(f"checkpoint_*_{updates}.pt"))
+        ckpt_dir = pretrain_dir(work, "zipformer_small") / "ckpt"
+        saved = sorted(ckpt_dir.glob(f"checkpoint_*_{updates}.pt"))
         minutes = [p["minutes"] for p in pre["zipformer_small"]["curve"] if p["updates"] == updates]
         if not saved or not minutes:
             raise SystemExit(f"error: zipformer_small's pre-training kept no checkpoint after {updates} updates "
-                             f"(under {work / 'zipformer_small_pt' / 'ckpt'}; one is kept every 500)")
+                             f"(under {ckpt_dir}; one is kept every 500)")
         plan.append(FineTuning(f"zipformer_small@{updates}", "10min", "zipformer_small", saved[0], minutes[0],
                                updates))
     return plan
@@ -265,7 +271,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"pre-training {', '.join(args.pretrain_systems)} for {args.pretrain_minutes} min each, side by side",
           flush=True)
     pre_records = run_all([lambda s=s: pretrain(s, corpus, work / "labels", args.pretrain_minutes,
-                                                 args.expected_updates, work / f"{s}_pt")
+                                                 args.expected_updates, pretrain_dir(work, s))
                            for s in args.pretrain_systems], len(args.pretrain_systems))
     pre = dict(zip(args.pretrain_systems, pre_records))
     finetunes = plan_finetunings(pre, work, args.along_pretraining)
