@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -44,6 +45,50 @@ def test_a_run_with_another_command_trains_again_from_its_start(tmp_path: Path, 
     assert calls == [["optimization.max_update=8"]]
 
 
+def _later(path: Path, than: Path) -> None:
+    """Give ``path`` a modification time one second after ``than``'s (file systems round times)."""
+    stamp = than.stat().st_mtime_ns + 1_000_000_000
+    os.utime(path, ns=(stamp, stamp))
+
+
+def test_a_run_trains_again_when_its_pretrained_checkpoint_was_rewritten_after_it(tmp_path: Path,
+                                                                                  monkeypatch: pytest.MonkeyPatch):
+    calls = []
+    monkeypatch.setattr(experiment, "hydra_train", lambda overrides, run_dir, **k: calls.append(run_dir) or 1 / 0)
+    _finished_run(tmp_path / "run", ["optimization.max_update=7"])
+    pretrained = tmp_path / "pt.pt"
+    pretrained.write_bytes(b"older")
+    _later(tmp_path / "run" / "record.json", pretrained)
+    args = (["optimization.max_update=7"], tmp_path / "run", presets.config_dir("finetune"), "zipformer_small")
+    assert experiment.train_once(*args, inputs=[pretrained])["reused"]
+    _later(pretrained, tmp_path / "run" / "record.json")  # the pre-training was rerun in the same place
+    with pytest.raises(ZeroDivisionError):
+        experiment.train_once(*args, inputs=[pretrained])
+    assert calls == [tmp_path / "run"]
+
+
+def test_a_decoding_is_reused_only_if_written_after_its_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    ran = []
+
+    def fake_run(cmd, log):
+        ran.append(cmd)
+        (tmp_path / "out").mkdir(exist_ok=True)
+        (tmp_path / "out" / "wer.json").write_text(json.dumps(
+            {"wer": 50.0, "cer": 20.0 + len(ran), "word_errors": 1, "ref_words": 2, "utterances": 1}))
+        return shlex.join(cmd)
+
+    monkeypatch.setattr(experiment, "run", fake_run)
+    checkpoint = tmp_path / "checkpoint_last.pt"
+    checkpoint.write_bytes(b"")
+    first = experiment.decode(checkpoint, tmp_path, "valid", tmp_path / "out")
+    _later(tmp_path / "out" / "wer.json", checkpoint)
+    again = experiment.decode(checkpoint, tmp_path, "valid", tmp_path / "out")
+    assert len(ran) == 1 and again == first and first["cer"] == 21.0
+    _later(checkpoint, tmp_path / "out" / "wer.json")
+    assert experiment.decode(checkpoint, tmp_path, "valid", tmp_path / "out")["cer"] == 22.0
+    assert len(ran) == 2 and again["command"] == shlex.join(ran[0])
+
+
 def test_a_failing_stage_names_its_command_and_keeps_its_log(tmp_path: Path):
     with pytest.raises(RuntimeError, match=r"command failed \(3\).*-c.*boom"):
         experiment.run([sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], tmp_path / "stage.log")
@@ -57,7 +102,7 @@ def test_finetune_trains_on_its_subset_with_or_without_validation(tmp_path: Path
                                                                    validate, expected):
     seen = {}
 
-    def fake_train_once(overrides, run_dir, config_dir, config_name, env=None):
+    def fake_train_once(overrides, run_dir, config_dir, config_name, env=None, inputs=()):
         seen.update(overrides=list(overrides), config_name=config_name, env=env)
         (run_dir / "train.log").write_text("")
         return {"command": "x", "updates": 3}

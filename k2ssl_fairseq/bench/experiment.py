@@ -58,15 +58,25 @@ def pretrain_overrides(corpus: Path, labels: Path, minutes: float) -> List[str]:
             f"optimization.stop_time_hours={minutes / 60.0}", "checkpoint.save_interval_updates=0"]
 
 
+def written_after(output: Path, inputs: Sequence[Path]) -> bool:
+    """Whether ``output`` exists and was written after every file in ``inputs`` (make's rule): a result
+    made from a checkpoint that has since been retrained in the same place is stale."""
+    if not output.is_file():
+        return False
+    written = output.stat().st_mtime_ns
+    return all(Path(i).stat().st_mtime_ns <= written for i in inputs)
+
+
 def train_once(overrides: Sequence[str], run_dir: Path, config_dir: Path, config_name: str,
-               env: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
-    """Run a hydra training unless ``run_dir/record.json`` shows this exact command already ran.
+               env: Optional[Dict[str, str]] = None, inputs: Sequence[Path] = ()) -> Dict[str, Any]:
+    """Run a hydra training unless ``run_dir/record.json`` shows this exact command already ran after
+    every file in ``inputs`` (e.g. the pre-trained checkpoint a fine-tuning starts from) was written.
 
     Reuse lets the fine-tuning stage be rerun with other settings on the same pre-trained models.
     """
     record_file = run_dir / "record.json"
     command = shlex.join(hydra_train_command(overrides, run_dir, config_dir, config_name))
-    if record_file.is_file():
+    if written_after(record_file, inputs):
         record = json.loads(record_file.read_text())
         if record["command"] == command and (run_dir / "ckpt" / "checkpoint_last.pt").is_file():
             return {**record, "reused": True}
@@ -92,7 +102,7 @@ def finetune(corpus: Path, pretrained: Path, preset: str, updates: int, run_dir:
                  f"dataset.train_subset={subset}", f"optimization.max_update={updates}", *validation,
                  "checkpoint.save_interval=100000", *extra]
     env = None if threads is None else thread_env(threads)
-    record = train_once(overrides, run_dir, presets.config_dir("finetune"), preset, env)
+    record = train_once(overrides, run_dir, presets.config_dir("finetune"), preset, env, inputs=[pretrained])
     valid = logged((run_dir / "train.log").read_text(), "valid")
     record["valid_curve"] = [{"epoch": v.get("epoch"), "updates": int(float(v["valid_num_updates"])),
                               "ctc_loss_per_letter": float(v.get("valid_nll_loss", v["valid_loss"])),
@@ -102,10 +112,14 @@ def finetune(corpus: Path, pretrained: Path, preset: str, updates: int, run_dir:
 
 
 def decode(checkpoint: Path, corpus: Path, subset: str, out: Path) -> Dict[str, Any]:
-    """Greedy CTC decoding of ``subset`` with ``k2ssl-decode-ctc``; its WER/CER report and command."""
+    """Greedy CTC decoding of ``subset`` with ``k2ssl-decode-ctc``; its WER/CER report and command.
+    A report in ``out`` written after the checkpoint is reused."""
     cmd = [sys.executable, "-m", "k2ssl_fairseq.tools.decode_ctc", "--checkpoint", str(checkpoint),
            "--data", str(corpus), "--subset", subset, "--results-dir", str(out), "--device", "cpu"]
-    command = run(cmd, out.parent / f"decode_{subset}.log")
+    if written_after(out / "wer.json", [checkpoint]):
+        command = shlex.join(cmd)
+    else:
+        command = run(cmd, out.parent / f"decode_{subset}.log")
     report = json.loads((out / "wer.json").read_text())
     return {"command": command, "wer": report["wer"], "cer": report["cer"], "word_errors": report["word_errors"],
             "ref_words": report["ref_words"], "utterances": report["utterances"]}
