@@ -166,6 +166,11 @@ def markdown(payload: Dict[str, Any]) -> str:
     lines += ["", "## Targets", ""]
     lines += [f"- {t['target']}: **{'holds' if t['holds'] else 'fails'}** ({t['measured']})"
               for t in payload["targets"]]
+    lines += ["", "## Test CER against pre-training minutes (Zipformer, 10 min of labels)", ""]
+    lines += [f"- {p['pretrain_minutes']} min ({p['pretrain_updates']} updates, {p['system']}): test CER "
+              f"{p['test_cer']:.2f}, valid CER {p['valid_cer']:.2f}"
+              + ("" if p["vs_scratch"] is None else f", {p['vs_scratch']:.3f}x scratch's test CER")
+              for p in payload["pretraining_curve"]]
     lines += ["", "## Fine-tuning curves (valid CER after so many updates)", ""]
     lines += [f"- {r['system']} / {r['labelled']}: " + ", ".join(f"{p['updates']}: {p['cer']:.1f}"
                                                                  for p in r["valid_cer_curve"])
@@ -184,6 +189,18 @@ def markdown(payload: Dict[str, Any]) -> str:
     lines += ["", "Labels: `" + payload["labels_command"] + "`", "", "Fine-tuning commands:", ""]
     lines += [f"- {r['system']} / {r['labelled']}: `{r['finetune_command']}`" for r in payload["runs"]]
     return "\n".join(lines) + "\n"
+
+
+def pretraining_curve(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The Zipformer's 10-min-label results by pre-training minutes: from scratch (0), from the checkpoints
+    kept along pre-training (``zipformer_small@<U>``) and the final one; CER relative to scratch's."""
+    points = [r for r in runs if r["labelled"] == "10min" and r["system"].partition("@")[0] in (
+        "zipformer_small", "zipformer_scratch")]
+    scratch = next((r["test_cer"] for r in points if r["system"] == "zipformer_scratch"), None)
+    return [{"system": r["system"], "pretrain_minutes": r["pretrain_minutes"],
+             "pretrain_updates": r["pretrain_updates"], "test_cer": r["test_cer"], "valid_cer": r["valid_cer"],
+             "vs_scratch": None if scratch is None else round(r["test_cer"] / scratch, 3)}
+            for r in sorted(points, key=lambda r: r["pretrain_updates"])]
 
 
 def targets(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -208,7 +225,7 @@ def plot(payload: Dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (bars, curves, finetuning) = plt.subplots(1, 3, figsize=(18, 4.5))
+    fig, (bars, curves, along, finetuning) = plt.subplots(1, 4, figsize=(24, 4.5))
     systems = list(dict.fromkeys(r["system"] for r in payload["runs"]))
     width = 0.8 / max(1, len(LABELLED))
     for k, labelled in enumerate(LABELLED):
@@ -225,6 +242,18 @@ def plot(payload: Dict[str, Any], path: Path) -> None:
     curves.set_ylabel("masked-prediction accuracy (50-update mean)")
     curves.set_title("Pre-training on the 10 h pool, MFCC k-means labels")
     curves.legend()
+    points = payload["pretraining_curve"]
+    along.plot([p["pretrain_minutes"] for p in points], [p["test_cer"] for p in points], "-o", label="Zipformer small")
+    for r in payload["runs"]:
+        if r["labelled"] == "10min" and PRETRAIN_SYSTEMS.get(r["system"], ("",))[0] is None:
+            along.plot([r["pretrain_minutes"]], [r["test_cer"]], "s", label=r["system"])
+    scratch = next((p["test_cer"] for p in points if p["system"] == "zipformer_scratch"), None)
+    if scratch is not None:
+        along.axhline(0.8 * scratch, linestyle=":", color="gray", label="target: 0.8x scratch")
+    along.set_xlabel("pre-training minutes before fine-tuning")
+    along.set_ylabel("test CER (%), 10 min of labels")
+    along.set_title("What pre-training buys: test CER by pre-training minutes")
+    along.legend()
     for r in payload["runs"]:
         finetuning.plot([p["updates"] for p in r["valid_cer_curve"]], [p["cer"] for p in r["valid_cer_curve"]],
                         "-" if r["labelled"] == "10min" else "--", marker="o", label=f"{r['system']} ({r['labelled']})")
@@ -297,7 +326,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                "machine": info["machine"], "settings": {**{k: str(v) for k, v in vars(args).items()},
                                                         "batch_seconds": BATCH_SECONDS},
                "corpus": json.loads((corpus / "corpus.json").read_text())["splits"],
-               "labels_command": labels_command, "pretrain": pre, "targets": targets(runs)}
+               "labels_command": labels_command, "pretrain": pre, "targets": targets(runs),
+               "pretraining_curve": pretraining_curve(runs)}
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "low_resource_cpu.json").write_text(json.dumps(payload, indent=2) + "\n")
     (args.results / "low_resource_cpu.md").write_text(markdown(payload))

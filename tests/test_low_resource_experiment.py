@@ -32,7 +32,8 @@ def _payload(zipformer: float, scratch: float, hubert: float) -> dict:
            for name in ("zipformer_small", "hubert_small")}
     return {"runs": runs, "command": "python low_resource_experiment.py", "git_commit": "abc", "machine": "cpu",
             "settings": {"finetune_updates": "1000", "expected_updates": "1500"}, "labels_command": "make labels",
-            "pretrain": pre, "targets": experiment.targets(runs)}
+            "pretrain": pre, "targets": experiment.targets(runs),
+            "pretraining_curve": experiment.pretraining_curve(runs)}
 
 
 def test_targets_are_judged_on_ten_minutes_of_labels():
@@ -43,12 +44,22 @@ def test_targets_are_judged_on_ten_minutes_of_labels():
     assert fails[0]["measured"] == "50.00 / 60.00 = 0.833x"
 
 
+def test_pretraining_curve_orders_the_zipformer_on_ten_minutes_by_pretraining_and_compares_with_scratch():
+    payload = _payload(40.0, 60.0, 70.0)
+    along = dict(_run("zipformer_small@1500", "10min", 48.0), pretrain_minutes=30.5, pretrain_updates=1500)
+    curve = experiment.pretraining_curve(payload["runs"] + [along])
+    assert [(p["system"], p["pretrain_minutes"], p["vs_scratch"]) for p in curve] == [
+        ("zipformer_scratch", 0, 1.0), ("zipformer_small@1500", 30.5, 0.8), ("zipformer_small", 60.1, 0.667)]
+    assert experiment.pretraining_curve([_run("zipformer_small", "10min", 40.0)])[0]["vs_scratch"] is None
+
+
 def test_report_lists_every_run_its_valid_curve_and_command(tmp_path: Path):
     payload = _payload(40.0, 60.0, 70.0)
     text = experiment.markdown(payload)
     assert "| zipformer_small | 1h | 60.1 | 2000 | 1000 | 31.00 | 30.00 | 99.00 |" in text
     assert "- hubert_small / 10min: 500: 95.0, 1000: 71.0" in text
     assert "`train zipformer_scratch 10min`" in text and "**holds** (40.00 / 60.00 = 0.667x)" in text
+    assert "- 60.1 min (2000 updates, zipformer_small): test CER 40.00, valid CER 41.00, 0.667x scratch's" in text
     hubert = next(line for line in text.splitlines() if line.startswith("- hubert_small: 2000 updates"))
     assert "decay ends at update 1500 (`--expected-updates`), reached after 30.5 min" in hubert
     zipformer = next(line for line in text.splitlines() if line.startswith("- zipformer_small: 2000 updates"))
