@@ -41,7 +41,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from k2ssl_fairseq import presets
 from k2ssl_fairseq.bench.common import accuracy_curve, provenance, thread_env
@@ -64,22 +64,47 @@ PRETRAIN_SYSTEMS = {"zipformer_small": ("zipformer_small", "zipformer_small"),
                     "hubert_small": (None, "hubert_small")}
 
 
+def with_overrides(base: Sequence[str], new: Sequence[str]) -> List[str]:
+    """``base`` with every key that ``new`` sets dropped, then ``new`` (hydra rejects a key given twice)."""
+    keys = {o.split("=", 1)[0].lstrip("+") for o in new}
+    return [o for o in base if o.split("=", 1)[0].lstrip("+") not in keys] + list(new)
+
+
+def pretrain_command(system: str, corpus: Path, labels: Path, minutes: float,
+                     expected_updates: int) -> Tuple[List[str], Path, str]:
+    """Overrides, config folder and config name of ``system``'s pre-training on one thread."""
+    shared = with_overrides(pretrain_overrides(corpus, labels, minutes), [
+        "task.max_sample_size=160000", "checkpoint.save_interval_updates=500",
+        "checkpoint.keep_interval_updates=-1"])  # every 500 updates kept: fine-tune along pre-training
+    preset, _ = PRETRAIN_SYSTEMS[system]
+    if preset is not None:
+        return (with_overrides(shared, [f"task.max_duration={BATCH_SECONDS}", "dataset.max_tokens=100000000"]),
+                presets.config_dir("pretrain"), preset)
+    return (with_overrides(shared, ["model.label_rate=50", "lr_scheduler.warmup_updates=200",
+                                    f"+lr_scheduler.total_num_update={expected_updates}",
+                                    f"dataset.max_tokens={BATCH_SECONDS * 16000}", *hubert_model_overrides("small")]),
+            stock_hubert_config_dir(), "hubert_base_librispeech")
+
+
 def pretrain(system: str, corpus: Path, labels: Path, minutes: float, expected_updates: int,
              run_dir: Path) -> Dict[str, Any]:
     """One pre-training for ``minutes`` of wall-clock on one thread; returns its record and curve."""
-    replaced = ("dataset.max_tokens=", "task.max_sample_size=", "checkpoint.save_interval_updates=")
-    shared = [o for o in pretrain_overrides(corpus, labels, minutes) if not o.startswith(replaced)]
-    shared += ["task.max_sample_size=160000", "checkpoint.save_interval_updates=500",
-               "checkpoint.keep_interval_updates=-1"]  # every 500 updates kept: fine-tune along pre-training
-    preset, _ = PRETRAIN_SYSTEMS[system]
-    if preset is not None:
-        record = train_once(shared + [f"task.max_duration={BATCH_SECONDS}", "dataset.max_tokens=100000000"],
-                            run_dir, presets.config_dir("pretrain"), preset, thread_env(1))
-    else:
-        record = train_once(shared + ["model.label_rate=50", "lr_scheduler.warmup_updates=200",
-                                      f"+lr_scheduler.total_num_update={expected_updates}",
-                                      f"dataset.max_tokens={BATCH_SECONDS * 16000}", *hubert_model_overrides("small")],
-                            run_dir, stock_hubert_config_dir(), "hubert_base_librispeech", thread_env(1))
+    overrides, config_dir, config_name = pretrain_command(system, corpus, labels, minutes, expected_updates)
+    record = train_once(overrides, run_dir, config_dir, config_name, thread_env(1))
+    record["curve"] = accuracy_curve((run_dir / "train.log").read_text())
+    return record
+
+
+def continue_pretraining(corpus: Path, labels: Path, minutes: float, updates: int, work: Path) -> Dict[str, Any]:
+    """zipformer_small's pre-training resumed from its final checkpoint (weights, optimizer, Eden schedule
+    and data position: fairseq's ``checkpoint.restore_file``) until ``updates``, budgeted in updates:
+    a point on the pre-training-minutes curve beyond the equal-time budget."""
+    last = pretrain_dir(work, "zipformer_small") / "ckpt" / "checkpoint_last.pt"
+    overrides, config_dir, config_name = pretrain_command("zipformer_small", corpus, labels, minutes, 0)
+    overrides = with_overrides(overrides, [f"checkpoint.restore_file={last}", f"optimization.max_update={updates}",
+                                           "optimization.stop_time_hours=0"])
+    run_dir = pretrain_dir(work, f"zipformer_small@{updates}")
+    record = train_once(overrides, run_dir, config_dir, config_name, thread_env(1), inputs=[last])
     record["curve"] = accuracy_curve((run_dir / "train.log").read_text())
     return record
 
@@ -117,14 +142,17 @@ class FineTuning:
 
 
 def pretrain_dir(work: Path, system: str) -> Path:
-    """Where ``system``'s pre-training runs; its checkpoints are under ``ckpt/``."""
-    return work / f"{system}_pt"
+    """Where ``system``'s pre-training (``zipformer_small@<U>``: continued to U updates) runs; its
+    checkpoints are under ``ckpt/``."""
+    return work / f"{system.replace('@', '_at')}_pt"
 
 
-def plan_finetunings(pre: Dict[str, Dict[str, Any]], work: Path, along: Sequence[int]) -> List[FineTuning]:
+def plan_finetunings(pre: Dict[str, Dict[str, Any]], work: Path, along: Sequence[int],
+                     continued: Dict[int, Dict[str, Any]]) -> List[FineTuning]:
     """Every pre-trained system and the scratch Zipformer on every labelled size, then the Zipformer on
     10 min of labels from its pre-training checkpoints after ``along`` updates (``zipformer_small@<U>``):
-    test CER against pre-training minutes, and a Zipformer at stock HuBERT's effective pre-training time."""
+    test CER against pre-training minutes, and a Zipformer at stock HuBERT's effective pre-training time.
+    ``continued`` holds the pre-trainings resumed beyond the budget, by the updates they reached."""
     plan = []
     for labelled in LABELLED:
         for system, record in pre.items():
@@ -137,14 +165,20 @@ def plan_finetunings(pre: Dict[str, Dict[str, Any]], work: Path, along: Sequence
     for updates in along:
         if "zipformer_small" not in pre:
             raise SystemExit("error: --along-pretraining needs zipformer_small among --pretrain-systems")
+        system = f"zipformer_small@{updates}"
+        if updates in continued:
+            minutes = (pre["zipformer_small"]["wall_seconds"] + continued[updates]["wall_seconds"]) / 60
+            plan.append(FineTuning(system, "10min", "zipformer_small",
+                                   pretrain_dir(work, system) / "ckpt" / "checkpoint_last.pt", round(minutes, 1),
+                                   continued[updates]["updates"]))
+            continue
         ckpt_dir = pretrain_dir(work, "zipformer_small") / "ckpt"
         saved = sorted(ckpt_dir.glob(f"checkpoint_*_{updates}.pt"))
         minutes = [p["minutes"] for p in pre["zipformer_small"]["curve"] if p["updates"] == updates]
         if not saved or not minutes:
             raise SystemExit(f"error: zipformer_small's pre-training kept no checkpoint after {updates} updates "
                              f"(under {ckpt_dir}; one is kept every 500)")
-        plan.append(FineTuning(f"zipformer_small@{updates}", "10min", "zipformer_small", saved[0], minutes[0],
-                               updates))
+        plan.append(FineTuning(system, "10min", "zipformer_small", saved[0], minutes[0], updates))
     return plan
 
 
@@ -186,6 +220,9 @@ def markdown(payload: Dict[str, Any]) -> str:
             line += (f". Its polynomial learning-rate decay ends at update {horizon} (`--expected-updates`), "
                      f"reached after {reached} min: the later updates ran at lr 0 and changed nothing")
         lines.append(f"{line}; `{pre['command']}`")
+    for name, pre in payload.get("continued_pretraining", {}).items():
+        lines.append(f"- {name}: zipformer_small's pre-training resumed from its final checkpoint until update "
+                     f"{pre['updates']}, {pre['wall_seconds'] / 60:.1f} more minutes; `{pre['command']}`")
     lines += ["", "Labels: `" + payload["labels_command"] + "`", "", "Fine-tuning commands:", ""]
     lines += [f"- {r['system']} / {r['labelled']}: `{r['finetune_command']}`" for r in payload["runs"]]
     return "\n".join(lines) + "\n"
@@ -283,7 +320,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="hydra overrides of every fine-tuning (chosen on valid)")
     parser.add_argument("--along-pretraining", type=int, nargs="*", default=[],
                         help="also fine-tune zipformer_small on 10 min of labels from its pre-training checkpoints "
-                             "after these updates (one is kept every 500)")
+                             "after these updates (one is kept every 500); beyond the updates its budget made, its "
+                             "pre-training is first resumed until that many updates")
     parser.add_argument("--clusters", type=int, default=100)
     parser.add_argument("--parallel", type=int, default=max(1, os.cpu_count() or 1),
                         help="fine-tunings at a time, one thread each")
@@ -303,7 +341,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                                                  args.expected_updates, pretrain_dir(work, s))
                            for s in args.pretrain_systems], len(args.pretrain_systems))
     pre = dict(zip(args.pretrain_systems, pre_records))
-    finetunes = plan_finetunings(pre, work, args.along_pretraining)
+    reached = pre.get("zipformer_small", {}).get("updates", 0)
+    continued = {u: continue_pretraining(corpus, work / "labels", args.pretrain_minutes, u, work)
+                 for u in args.along_pretraining if "zipformer_small" in pre and u > reached}
+    finetunes = plan_finetunings(pre, work, args.along_pretraining, continued)
     print(f"fine-tuning {len(finetunes)} runs, {args.finetune_updates} updates each, {args.parallel} at a time",
           flush=True)
     ft_records = run_all([lambda f=f: finetune_and_decode(f.system, f.checkpoint, f.preset, LABELLED[f.labelled],
@@ -327,7 +368,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                                                         "batch_seconds": BATCH_SECONDS},
                "corpus": json.loads((corpus / "corpus.json").read_text())["splits"],
                "labels_command": labels_command, "pretrain": pre, "targets": targets(runs),
-               "pretraining_curve": pretraining_curve(runs)}
+               "pretraining_curve": pretraining_curve(runs),
+               "continued_pretraining": {f"zipformer_small@{u}": r for u, r in continued.items()}}
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "low_resource_cpu.json").write_text(json.dumps(payload, indent=2) + "\n")
     (args.results / "low_resource_cpu.md").write_text(markdown(payload))

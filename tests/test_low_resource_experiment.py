@@ -73,7 +73,7 @@ def test_finetunings_cover_every_system_and_labelled_size_then_points_along_pret
     ckpt = tmp_path / "zipformer_small_pt" / "ckpt"
     ckpt.mkdir(parents=True)
     (ckpt / "checkpoint_1_1500.pt").write_bytes(b"")
-    plan = experiment.plan_finetunings(pre, tmp_path, [1500])
+    plan = experiment.plan_finetunings(pre, tmp_path, [1500], {})
     assert [(f.system, f.labelled) for f in plan] == [
         ("zipformer_small", "10min"), ("hubert_small", "10min"), ("zipformer_scratch", "10min"),
         ("zipformer_small", "1h"), ("hubert_small", "1h"), ("zipformer_scratch", "1h"),
@@ -84,4 +84,41 @@ def test_finetunings_cover_every_system_and_labelled_size_then_points_along_pret
     assert (along.checkpoint, along.pretrain_minutes, along.pretrain_updates, along.name) == (
         ckpt / "checkpoint_1_1500.pt", 30.5, 1500, "zipformer_small_at1500_10min")
     with pytest.raises(SystemExit, match="kept no checkpoint after 1000 updates"):
-        experiment.plan_finetunings(pre, tmp_path, [1000])
+        experiment.plan_finetunings(pre, tmp_path, [1000], {})
+
+
+def test_a_point_beyond_the_budget_fine_tunes_the_resumed_pretraining(tmp_path: Path):
+    pre = _payload(40.0, 60.0, 70.0)["pretrain"]
+    plan = experiment.plan_finetunings(pre, tmp_path, [4000], {4000: {"updates": 4000, "wall_seconds": 1200.0}})
+    beyond = plan[-1]
+    assert (beyond.system, beyond.labelled, beyond.pretrain_minutes, beyond.pretrain_updates) == (
+        "zipformer_small@4000", "10min", 80.1, 4000)
+    assert beyond.checkpoint == tmp_path / "zipformer_small_at4000_pt" / "ckpt" / "checkpoint_last.pt"
+
+
+def test_resumed_pretraining_restores_the_final_checkpoint_and_counts_updates_not_minutes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    seen = {}
+
+    def fake_train_once(overrides, run_dir, config_dir, config_name, env=None, inputs=()):
+        seen.update(overrides=list(overrides), run_dir=run_dir, config_name=config_name, inputs=list(inputs))
+        run_dir.mkdir(parents=True)
+        (run_dir / "train.log").write_text("")
+        return {"updates": 4000, "wall_seconds": 1.0}
+
+    monkeypatch.setattr(experiment, "train_once", fake_train_once)
+    experiment.continue_pretraining(tmp_path / "corpus", tmp_path / "labels", 60.0, 4000, tmp_path)
+    last = tmp_path / "zipformer_small_pt" / "ckpt" / "checkpoint_last.pt"
+    assert seen["inputs"] == [last] and seen["config_name"] == "zipformer_small"
+    assert seen["run_dir"] == tmp_path / "zipformer_small_at4000_pt"
+    keys = [o.split("=", 1)[0] for o in seen["overrides"]]
+    assert len(keys) == len(set(keys)), "hydra rejects a key given twice"
+    assert {f"checkpoint.restore_file={last}", "optimization.max_update=4000",
+            "optimization.stop_time_hours=0"} <= set(seen["overrides"])
+    budgeted, _, _ = experiment.pretrain_command("zipformer_small", tmp_path / "corpus", tmp_path / "labels", 60.0, 0)
+    assert [o for o in budgeted if o.startswith("optimization.")] == [
+        "optimization.max_update=10000000", "optimization.stop_time_hours=1.0"]
+
+
+def test_with_overrides_replaces_keys_in_place_of_appending_twice():
+    assert experiment.with_overrides(["a.b=1", "+c.d=2", "e=3"], ["c.d=5", "a.b=4"]) == ["e=3", "c.d=5", "a.b=4"]
