@@ -20,6 +20,9 @@ speech from dozens of voices) and the nested labelled subsets ``train_10min`` an
 4. Greedy CTC decoding (``k2ssl-decode-ctc``) of ``valid`` with every checkpoint kept along the
    fine-tuning (``--save-every``: the valid CER curve), and of ``test`` with the final model only;
    settings are chosen on ``valid`` only.
+5. With ``--along-pretraining U...``: the Zipformer fine-tuned on 10 min of labels from its pre-training
+   after U updates (kept checkpoints within the budget; beyond it, the pre-training resumed until U
+   updates): test CER against pre-training minutes, scratch being 0 minutes.
 
 Writes ``low_resource_cpu.json`` (schema: ``{"runs": [{"system", "labelled", "pretrain_minutes",
 "pretrain_updates", "finetune_updates", "test_cer", "test_wer", "valid_cer"}], "command",
@@ -275,6 +278,10 @@ def plot(payload: Dict[str, Any], path: Path) -> None:
     bars.legend()
     for name, pre in payload["pretrain"].items():
         curves.plot([p["minutes"] for p in pre["curve"]], [p["masked_accuracy"] for p in pre["curve"]], label=name)
+    for name, pre in payload.get("continued_pretraining", {}).items():  # its log's clock restarts at 0
+        start = payload["pretrain"]["zipformer_small"]["wall_seconds"] / 60
+        curves.plot([start + p["minutes"] for p in pre["curve"]], [p["masked_accuracy"] for p in pre["curve"]],
+                    label=f"{name} (resumed, budgeted in updates)")
     curves.set_xlabel("pre-training minutes (one CPU thread each, side by side)")
     curves.set_ylabel("masked-prediction accuracy (50-update mean)")
     curves.set_title("Pre-training on the 10 h pool, MFCC k-means labels")
