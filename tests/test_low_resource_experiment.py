@@ -60,7 +60,7 @@ def test_report_lists_every_run_its_valid_curve_and_command(tmp_path: Path):
         "curve": [{"minutes": 10.0, "updates": 3000, "masked_accuracy": 0.25}]}}
     text = experiment.markdown(payload)
     assert "- zipformer_small@4000: zipformer_small's pre-training resumed from its final checkpoint until " \
-           "update 4000, 20.0 more minutes; `resume zipformer_small`" in text
+           "update 4000, 20.0 more minutes, masked accuracy 0.250 over its last 50 updates" in text
     assert "| zipformer_small | 1h | 60.1 | 2000 | 1000 | 31.00 | 30.00 | 99.00 |" in text
     assert "- hubert_small / 10min: 500: 95.0, 1000: 71.0" in text
     assert "`train zipformer_scratch 10min`" in text and "**holds** (40.00 / 60.00 = 0.667x)" in text
