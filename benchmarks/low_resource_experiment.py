@@ -32,7 +32,7 @@ Every training is reused when ``run_dir/record.json`` shows the identical comman
 so a rerun resumes after the last finished run.
 
     python benchmarks/low_resource_experiment.py --corpus /work/exp/corpus --work /work/exp/runs \\
-        --pretrain-minutes 60 --finetune-updates 2000
+        --pretrain-minutes 60 --expected-updates 3500 --finetune-updates 2000 --along-pretraining 1000 2000 6000
 """
 from __future__ import annotations
 
