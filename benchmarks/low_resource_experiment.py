@@ -28,8 +28,8 @@ Writes ``low_resource_cpu.json`` (schema: ``{"runs": [{"system", "labelled", "pr
 "pretrain_updates", "finetune_updates", "test_cer", "test_wer", "valid_cer"}], "command",
 "git_commit", "machine"}`` plus settings, pre-training curves and every command), ``.md`` and ``.png``
 (test CER per system and labelled size; masked accuracy against pre-training minutes) into ``--results``.
-Every training is reused when ``run_dir/record.json`` shows the identical command already finished,
-so a rerun resumes after the last finished run.
+Every training and decoding is reused when its record shows the identical command already finished
+after the checkpoint it starts from was written, so a rerun resumes after the last finished run.
 
     python benchmarks/low_resource_experiment.py --corpus /work/exp/corpus --work /work/exp/runs \\
         --pretrain-minutes 60 --expected-updates 3500 --finetune-updates 2000 --along-pretraining 1000 2000 6000
@@ -154,8 +154,8 @@ def plan_finetunings(pre: Dict[str, Dict[str, Any]], work: Path, along: Sequence
                      continued: Dict[int, Dict[str, Any]]) -> List[FineTuning]:
     """Every pre-trained system and the scratch Zipformer on every labelled size, then the Zipformer on
     10 min of labels from its pre-training checkpoints after ``along`` updates (``zipformer_small@<U>``):
-    test CER against pre-training minutes, and a Zipformer at stock HuBERT's effective pre-training time.
-    ``continued`` holds the pre-trainings resumed beyond the budget, by the updates they reached."""
+    test CER against pre-training minutes. ``continued`` holds the pre-trainings resumed beyond the
+    budget, by the updates they reached."""
     plan = []
     for labelled in LABELLED:
         for system, record in pre.items():
@@ -318,7 +318,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--pretrain-minutes", type=float, default=60.0, help="wall-clock budget of each pre-training")
     parser.add_argument("--expected-updates", type=int, default=3500,
                         help="stock HuBERT's polynomial-decay horizon (its lr is 0 after it): the updates the budget "
-                             "gives it on this machine, which varies (60 min made 2017 and 3483 in two runs here)")
+                             "gives it on this machine, which varies (60 min made 2017, 3483 and 3300 in three runs "
+                             "here)")
     parser.add_argument("--finetune-updates", type=int, default=2000, help="fine-tuning updates of every run")
     parser.add_argument("--save-every", type=int, default=500,
                         help="fine-tuning updates between the checkpoints decoded on valid (the CER curve)")
