@@ -89,13 +89,19 @@ def pretrain_command(system: str, corpus: Path, labels: Path, minutes: float,
             stock_hubert_config_dir(), "hubert_base_librispeech")
 
 
+def pretrain_once(overrides: Sequence[str], run_dir: Path, config_dir: Path, config_name: str,
+                  inputs: Sequence[Path] = ()) -> Dict[str, Any]:
+    """A pre-training on one thread (reused when it already ran); its record and masked-accuracy curve."""
+    record = train_once(overrides, run_dir, config_dir, config_name, thread_env(1), inputs=inputs)
+    record["curve"] = accuracy_curve((run_dir / "train.log").read_text())
+    return record
+
+
 def pretrain(system: str, corpus: Path, labels: Path, minutes: float, expected_updates: int,
              run_dir: Path) -> Dict[str, Any]:
     """One pre-training for ``minutes`` of wall-clock on one thread; returns its record and curve."""
     overrides, config_dir, config_name = pretrain_command(system, corpus, labels, minutes, expected_updates)
-    record = train_once(overrides, run_dir, config_dir, config_name, thread_env(1))
-    record["curve"] = accuracy_curve((run_dir / "train.log").read_text())
-    return record
+    return pretrain_once(overrides, run_dir, config_dir, config_name)
 
 
 def continue_pretraining(corpus: Path, labels: Path, minutes: float, updates: int, work: Path) -> Dict[str, Any]:
@@ -106,10 +112,8 @@ def continue_pretraining(corpus: Path, labels: Path, minutes: float, updates: in
     overrides, config_dir, config_name = pretrain_command("zipformer_small", corpus, labels, minutes, 0)
     overrides = with_overrides(overrides, [f"checkpoint.restore_file={last}", f"optimization.max_update={updates}",
                                            "optimization.stop_time_hours=0"])
-    run_dir = pretrain_dir(work, f"zipformer_small@{updates}")
-    record = train_once(overrides, run_dir, config_dir, config_name, thread_env(1), inputs=[last])
-    record["curve"] = accuracy_curve((run_dir / "train.log").read_text())
-    return record
+    return pretrain_once(overrides, pretrain_dir(work, f"zipformer_small@{updates}"), config_dir, config_name,
+                         inputs=[last])
 
 
 def finetune_and_decode(name: str, checkpoint: Path, preset: str, subset: str, corpus: Path, updates: int,
