@@ -104,16 +104,41 @@ def pretrain(system: str, corpus: Path, labels: Path, minutes: float, expected_u
     return pretrain_once(overrides, run_dir, config_dir, config_name)
 
 
-def continue_pretraining(corpus: Path, labels: Path, minutes: float, updates: int, work: Path) -> Dict[str, Any]:
+def continue_pretraining(corpus: Path, labels: Path, minutes: float, updates: int, work: Path,
+                         system: Optional[str] = None) -> Dict[str, Any]:
     """zipformer_small's pre-training resumed from its final checkpoint (weights, optimizer, Eden schedule
     and data position: fairseq's ``checkpoint.restore_file``) until ``updates``, budgeted in updates:
-    a point on the pre-training-minutes curve beyond the equal-time budget."""
+    a point on the pre-training-minutes curve beyond the equal-time budget. It runs as ``system``
+    (default ``zipformer_small@<updates>``), on ``labels``."""
     last = pretrain_dir(work, "zipformer_small") / "ckpt" / "checkpoint_last.pt"
     overrides, config_dir, config_name = pretrain_command("zipformer_small", corpus, labels, minutes, 0)
     overrides = with_overrides(overrides, [f"checkpoint.restore_file={last}", f"optimization.max_update={updates}",
                                            "optimization.stop_time_hours=0"])
-    return pretrain_once(overrides, pretrain_dir(work, f"zipformer_small@{updates}"), config_dir, config_name,
-                         inputs=[last])
+    return pretrain_once(overrides, pretrain_dir(work, system or f"zipformer_small@{updates}"), config_dir,
+                         config_name, inputs=[last, labels / "pretrain.km"])
+
+
+def second_iteration(corpus: Path, work: Path, clusters: int, layer: int, minutes: float, updates: int,
+                     resume_to: Optional[int]) -> Dict[str, Dict[str, Any]]:
+    """HuBERT's second label iteration: k-means on stack ``layer`` of zipformer_small's final checkpoint,
+    then, side by side on one thread each, a fresh zipformer_small pre-trained on these labels for
+    ``updates`` (iteration 1's count: equal cost, budgeted in updates), run as ``zipformer_small_it2``, and
+    with ``resume_to`` iteration 1's pre-training resumed on them until that update
+    (``zipformer_small_it2@<U>``: against ``zipformer_small@<U>``, only the labels differ; its label
+    embeddings start from iteration 1's, for classes that now mean other units, and are relearned)."""
+    last = pretrain_dir(work, "zipformer_small") / "ckpt" / "checkpoint_last.pt"
+    labels = work / "labels_it2"
+    labels_command = make_labels(corpus, labels, clusters, from_checkpoint=(last, layer))
+    overrides, config_dir, config_name = pretrain_command("zipformer_small", corpus, labels, minutes, 0)
+    overrides = with_overrides(overrides, [f"optimization.max_update={updates}", "optimization.stop_time_hours=0"])
+    jobs = {"zipformer_small_it2": lambda: pretrain_once(overrides, pretrain_dir(work, "zipformer_small_it2"),
+                                                         config_dir, config_name, inputs=[labels / "pretrain.km"])}
+    if resume_to is not None:
+        name = f"zipformer_small_it2@{resume_to}"
+        jobs[name] = lambda: continue_pretraining(corpus, labels, minutes, resume_to, work, system=name)
+    records = run_all(list(jobs.values()), len(jobs))
+    return {name: {**record, "labels_command": labels_command, "layer": layer}
+            for name, record in zip(jobs, records)}
 
 
 def finetune_and_decode(name: str, checkpoint: Path, preset: str, subset: str, corpus: Path, updates: int,
@@ -154,12 +179,21 @@ def pretrain_dir(work: Path, system: str) -> Path:
     return work / f"{system.replace('@', '_at')}_pt"
 
 
+def finetuning_after(system: str, pre: Dict[str, Dict[str, Any]], record: Dict[str, Any], work: Path) -> FineTuning:
+    """10 min of labels from the end of a pre-training that needed zipformer_small's (resumed from its
+    final checkpoint, or trained on labels made with it); its pre-training minutes are both runs'."""
+    minutes = (pre["zipformer_small"]["wall_seconds"] + record["wall_seconds"]) / 60
+    return FineTuning(system, "10min", "zipformer_small", pretrain_dir(work, system) / "ckpt" / "checkpoint_last.pt",
+                      round(minutes, 1), record["updates"])
+
+
 def plan_finetunings(pre: Dict[str, Dict[str, Any]], work: Path, along: Sequence[int],
-                     continued: Dict[int, Dict[str, Any]]) -> List[FineTuning]:
+                     continued: Dict[int, Dict[str, Any]],
+                     relabelled: Optional[Dict[str, Dict[str, Any]]] = None) -> List[FineTuning]:
     """Every pre-trained system and the scratch Zipformer on every labelled size, then the Zipformer on
     10 min of labels from its pre-training checkpoints after ``along`` updates (``zipformer_small@<U>``):
     test CER against pre-training minutes. ``continued`` holds the pre-trainings resumed beyond the
-    budget, by the updates they reached."""
+    budget, by the updates they reached; ``relabelled`` the second label iteration's, by system."""
     plan = []
     for labelled in LABELLED:
         for system, record in pre.items():
@@ -174,10 +208,7 @@ def plan_finetunings(pre: Dict[str, Dict[str, Any]], work: Path, along: Sequence
             raise SystemExit("error: --along-pretraining needs zipformer_small among --pretrain-systems")
         system = f"zipformer_small@{updates}"
         if updates in continued:
-            minutes = (pre["zipformer_small"]["wall_seconds"] + continued[updates]["wall_seconds"]) / 60
-            plan.append(FineTuning(system, "10min", "zipformer_small",
-                                   pretrain_dir(work, system) / "ckpt" / "checkpoint_last.pt", round(minutes, 1),
-                                   continued[updates]["updates"]))
+            plan.append(finetuning_after(system, pre, continued[updates], work))
             continue
         ckpt_dir = pretrain_dir(work, "zipformer_small") / "ckpt"
         saved = sorted(ckpt_dir.glob(f"checkpoint_*_{updates}.pt"))
@@ -186,6 +217,7 @@ def plan_finetunings(pre: Dict[str, Dict[str, Any]], work: Path, along: Sequence
             raise SystemExit(f"error: zipformer_small's pre-training kept no checkpoint after {updates} updates "
                              f"(under {ckpt_dir}; one is kept every 500)")
         plan.append(FineTuning(system, "10min", "zipformer_small", saved[0], minutes[0], updates))
+    plan += [finetuning_after(system, pre, record, work) for system, record in (relabelled or {}).items()]
     return plan
 
 
@@ -233,6 +265,21 @@ def markdown(payload: Dict[str, Any]) -> str:
                      f"{pre['updates']}, {pre['wall_seconds'] / 60:.1f} more minutes, masked accuracy {accuracy:.3f} "
                      f"over its last 50 updates (not plotted: fairseq's logged wall clock stays 0 after a resume); "
                      f"`{pre['command']}`")
+    second = payload.get("second_iteration", {})
+    if second:
+        lines += ["", "## Second label iteration (10 min of labels)", ""]
+    for name, pre in second.items():
+        accuracy = pre["curve"][-1]["masked_accuracy"] if pre["curve"] else float("nan")
+        how = (f"zipformer_small's pre-training resumed on them until update {pre['updates']}" if "@" in name else
+               f"a fresh zipformer_small pre-trained on them for {pre['updates']} updates")
+        lines.append(f"- {name}: labels from k-means on stack {pre['layer']} of zipformer_small's final checkpoint; "
+                     f"{how}, {pre['wall_seconds'] / 60:.1f} min, masked accuracy {accuracy:.3f} over its last 50 "
+                     f"updates (other targets than MFCC's: not comparable); labels: `{pre['labels_command']}`; "
+                     f"`{pre['command']}`")
+    for e in payload.get("second_iteration_effect", []):
+        lines.append(f"- effect: test CER {e['test_cer']:.2f} ({e['system']}) vs {e['baseline_test_cer']:.2f} "
+                     f"({e['baseline']}: as many updates on MFCC labels); valid CER {e['valid_cer']:.2f} vs "
+                     f"{e['baseline_valid_cer']:.2f}")
     lines += ["", "Labels: `" + payload["labels_command"] + "`", "", "Fine-tuning commands:", ""]
     lines += [f"- {r['system']} / {r['labelled']}: `{r['finetune_command']}`" for r in payload["runs"]]
     return "\n".join(lines) + "\n"
@@ -248,6 +295,21 @@ def pretraining_curve(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
              "pretrain_updates": r["pretrain_updates"], "test_cer": r["test_cer"], "valid_cer": r["valid_cer"],
              "vs_scratch": None if scratch is None else round(r["test_cer"] / scratch, 3)}
             for r in sorted(points, key=lambda r: r["pretrain_updates"])]
+
+
+def second_iteration_effect(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Each second-iteration run on 10 min of labels beside its MFCC-label counterpart, where both ran:
+    ``zipformer_small_it2`` beside ``zipformer_small``, ``zipformer_small_it2@<U>`` beside
+    ``zipformer_small@<U>``."""
+    ten = {r["system"]: r for r in runs if r["labelled"] == "10min"}
+    out = []
+    for system, run in ten.items():
+        baseline = ten.get(system.replace("zipformer_small_it2", "zipformer_small"))
+        if system.partition("@")[0] == "zipformer_small_it2" and baseline is not None:
+            out.append({"system": system, "baseline": baseline["system"], "test_cer": run["test_cer"],
+                        "baseline_test_cer": baseline["test_cer"], "valid_cer": run["valid_cer"],
+                        "baseline_valid_cer": baseline["valid_cer"]})
+    return out
 
 
 def targets(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -294,6 +356,8 @@ def plot(payload: Dict[str, Any], path: Path) -> None:
     for r in payload["runs"]:
         if r["labelled"] == "10min" and PRETRAIN_SYSTEMS.get(r["system"], ("",))[0] is None:
             along.plot([r["pretrain_minutes"]], [r["test_cer"]], "s", label=r["system"])
+        if r["labelled"] == "10min" and r["system"].partition("@")[0] == "zipformer_small_it2":
+            along.plot([r["pretrain_minutes"]], [r["test_cer"]], "^", label=f"{r['system']} (second iteration)")
     scratch = next((p["test_cer"] for p in points if p["system"] == "zipformer_scratch"), None)
     if scratch is not None:
         along.axhline(0.8 * scratch, linestyle=":", color="gray", label="target: 0.8x scratch")
@@ -333,10 +397,22 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="also fine-tune zipformer_small on 10 min of labels from its pre-training checkpoints "
                              "after these updates (one is kept every 500); beyond the updates its budget made, its "
                              "pre-training is first resumed until that many updates")
-    parser.add_argument("--clusters", type=int, default=100)
+    parser.add_argument("--clusters", type=int, default=100, help="k-means clusters of both label iterations")
+    parser.add_argument("--second-iteration-layer", type=int,
+                        help="the second label iteration: k-means on this stack (1-6) of zipformer_small's final "
+                             "checkpoint; a fresh zipformer_small pre-trained on those labels for as many updates as "
+                             "the first, then fine-tuned on 10 min of labels")
+    parser.add_argument("--second-iteration-resume", type=int, metavar="U",
+                        help="with --second-iteration-layer, also resume the first iteration's pre-training on the "
+                             "new labels until update U, side by side (give U to --along-pretraining too: the "
+                             "MFCC-label run it is compared with)")
     parser.add_argument("--parallel", type=int, default=max(1, os.cpu_count() or 1),
                         help="fine-tunings at a time, one thread each")
     args = parser.parse_args(argv)
+    if args.second_iteration_resume is not None and args.second_iteration_layer is None:
+        parser.error("--second-iteration-resume needs --second-iteration-layer")
+    if args.second_iteration_layer is not None and "zipformer_small" not in args.pretrain_systems:
+        parser.error("--second-iteration-layer needs zipformer_small among --pretrain-systems")
     corpus, work = args.corpus.resolve(), args.work.resolve()
     missing = [s for s in LABELLED.values() if not (corpus / f"{s}.tsv").is_file()]
     if missing:
@@ -355,7 +431,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     reached = pre.get("zipformer_small", {}).get("updates", 0)
     continued = {u: continue_pretraining(corpus, work / "labels", args.pretrain_minutes, u, work)
                  for u in args.along_pretraining if "zipformer_small" in pre and u > reached}
-    finetunes = plan_finetunings(pre, work, args.along_pretraining, continued)
+    relabelled = {} if args.second_iteration_layer is None else second_iteration(
+        corpus, work, args.clusters, args.second_iteration_layer, args.pretrain_minutes, reached,
+        args.second_iteration_resume)
+    finetunes = plan_finetunings(pre, work, args.along_pretraining, continued, relabelled)
     print(f"fine-tuning {len(finetunes)} runs, {args.finetune_updates} updates each, {args.parallel} at a time",
           flush=True)
     ft_records = run_all([lambda f=f: finetune_and_decode(f.system, f.checkpoint, f.preset, LABELLED[f.labelled],
@@ -380,7 +459,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                "corpus": json.loads((corpus / "corpus.json").read_text())["splits"],
                "labels_command": labels_command, "pretrain": pre, "targets": targets(runs),
                "pretraining_curve": pretraining_curve(runs),
-               "continued_pretraining": {f"zipformer_small@{u}": r for u, r in continued.items()}}
+               "continued_pretraining": {f"zipformer_small@{u}": r for u, r in continued.items()},
+               "second_iteration": relabelled,
+               "second_iteration_effect": second_iteration_effect(runs)}
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "low_resource_cpu.json").write_text(json.dumps(payload, indent=2) + "\n")
     (args.results / "low_resource_cpu.md").write_text(markdown(payload))

@@ -89,6 +89,30 @@ def test_a_decoding_is_reused_only_if_written_after_its_checkpoint(tmp_path: Pat
     assert len(ran) == 2 and again["command"] == shlex.join(ran[0])
 
 
+def test_second_iteration_labels_come_from_the_checkpoint_and_are_remade_when_it_was_rewritten(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    ran = []
+
+    def fake_run(cmd, log):
+        ran.append(cmd)
+        for name in ("dict.km.txt", "pretrain.km"):
+            (tmp_path / "labels" / name).write_text("")
+        return shlex.join(cmd)
+
+    monkeypatch.setattr(experiment, "run", fake_run)
+    checkpoint = tmp_path / "checkpoint_last.pt"
+    checkpoint.write_bytes(b"")
+    command = experiment.make_labels(tmp_path, tmp_path / "labels", 100, from_checkpoint=(checkpoint, 4))
+    assert command.endswith(f"--feature checkpoint --checkpoint {checkpoint} --layer 4") and len(ran) == 1
+    _later(tmp_path / "labels" / "pretrain.km", checkpoint)
+    assert experiment.make_labels(tmp_path, tmp_path / "labels", 100, from_checkpoint=(checkpoint, 4)).endswith(
+        "(reused existing output)") and len(ran) == 1
+    _later(checkpoint, tmp_path / "labels" / "pretrain.km")
+    experiment.make_labels(tmp_path, tmp_path / "labels", 100, from_checkpoint=(checkpoint, 4))
+    assert len(ran) == 2
+    assert "--feature" not in experiment.make_labels(tmp_path, tmp_path / "labels", 100), "iteration 1 is MFCC"
+
+
 def test_a_failing_stage_names_its_command_and_keeps_its_log(tmp_path: Path):
     with pytest.raises(RuntimeError, match=r"command failed \(3\).*-c.*boom"):
         experiment.run([sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], tmp_path / "stage.log")

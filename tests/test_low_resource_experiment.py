@@ -114,7 +114,7 @@ def test_resumed_pretraining_restores_the_final_checkpoint_and_counts_updates_no
     monkeypatch.setattr(experiment, "train_once", fake_train_once)
     experiment.continue_pretraining(tmp_path / "corpus", tmp_path / "labels", 60.0, 4000, tmp_path)
     last = tmp_path / "zipformer_small_pt" / "ckpt" / "checkpoint_last.pt"
-    assert seen["inputs"] == [last] and seen["config_name"] == "zipformer_small"
+    assert seen["inputs"] == [last, tmp_path / "labels" / "pretrain.km"] and seen["config_name"] == "zipformer_small"
     assert seen["run_dir"] == tmp_path / "zipformer_small_at4000_pt"
     keys = [o.split("=", 1)[0] for o in seen["overrides"]]
     assert len(keys) == len(set(keys)), "hydra rejects a key given twice"
@@ -127,3 +127,67 @@ def test_resumed_pretraining_restores_the_final_checkpoint_and_counts_updates_no
 
 def test_with_overrides_replaces_keys_in_place_of_appending_twice():
     assert experiment.with_overrides(["a.b=1", "+c.d=2", "e=3"], ["c.d=5", "a.b=4"]) == ["e=3", "c.d=5", "a.b=4"]
+
+
+def test_second_iteration_labels_from_the_first_model_then_a_fresh_run_and_a_resumed_one_on_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    made, trained = [], {}
+
+    def fake_make_labels(corpus, labels, clusters, from_checkpoint=None):
+        made.append((labels, clusters, from_checkpoint))
+        return "make labels it2"
+
+    def fake_train_once(overrides, run_dir, config_dir, config_name, env=None, inputs=()):
+        trained[run_dir.name] = (list(overrides), list(inputs))
+        run_dir.mkdir(parents=True)
+        (run_dir / "train.log").write_text("")
+        return {"updates": 6000 if "_at" in run_dir.name else 3957, "wall_seconds": 60.0}
+
+    monkeypatch.setattr(experiment, "make_labels", fake_make_labels)
+    monkeypatch.setattr(experiment, "train_once", fake_train_once)
+    records = experiment.second_iteration(tmp_path / "corpus", tmp_path, 100, 4, 60.0, 3957, 6000)
+    last = tmp_path / "zipformer_small_pt" / "ckpt" / "checkpoint_last.pt"
+    labels = tmp_path / "labels_it2"
+    assert made == [(labels, 100, (last, 4))]
+    assert sorted(trained) == ["zipformer_small_it2_at6000_pt", "zipformer_small_it2_pt"]
+    fresh, fresh_inputs = trained["zipformer_small_it2_pt"]
+    assert {f"task.label_dir={labels}", "optimization.max_update=3957", "optimization.stop_time_hours=0"} <= set(fresh)
+    assert not any(o.startswith("checkpoint.restore_file=") for o in fresh) and fresh_inputs == [labels / "pretrain.km"]
+    resumed, resumed_inputs = trained["zipformer_small_it2_at6000_pt"]
+    assert {f"task.label_dir={labels}", f"checkpoint.restore_file={last}", "optimization.max_update=6000"} <= set(
+        resumed)
+    assert resumed_inputs == [last, labels / "pretrain.km"]
+    assert {name: (r["layer"], r["labels_command"]) for name, r in records.items()} == {
+        "zipformer_small_it2": (4, "make labels it2"), "zipformer_small_it2@6000": (4, "make labels it2")}
+
+
+def test_second_iteration_runs_are_fine_tuned_and_set_beside_their_mfcc_label_counterparts(tmp_path: Path):
+    payload = _payload(40.0, 60.0, 70.0)
+    relabelled = {name: {"updates": updates, "wall_seconds": 1800.0, "layer": 4, "labels_command": "make it2",
+                         "command": f"pretrain {name}", "curve": [{"minutes": 1.0, "updates": 50,
+                                                                   "masked_accuracy": 0.3}]}
+                  for name, updates in (("zipformer_small_it2", 2000), ("zipformer_small_it2@4000", 4000))}
+    plan = experiment.plan_finetunings(payload["pretrain"], tmp_path, [4000],
+                                       {4000: {"updates": 4000, "wall_seconds": 1200.0}}, relabelled)
+    assert [(f.system, f.labelled, f.pretrain_minutes, f.pretrain_updates) for f in plan[-2:]] == [
+        ("zipformer_small_it2", "10min", 90.1, 2000), ("zipformer_small_it2@4000", "10min", 90.1, 4000)]
+    assert plan[-1].checkpoint == tmp_path / "zipformer_small_it2_at4000_pt" / "ckpt" / "checkpoint_last.pt"
+    runs = payload["runs"] + [_run("zipformer_small@4000", "10min", 38.0), _run("zipformer_small_it2", "10min", 35.0),
+                              _run("zipformer_small_it2@4000", "10min", 33.0)]
+    effect = experiment.second_iteration_effect(runs)
+    assert [(e["system"], e["baseline"], e["test_cer"], e["baseline_test_cer"]) for e in effect] == [
+        ("zipformer_small_it2", "zipformer_small", 35.0, 40.0),
+        ("zipformer_small_it2@4000", "zipformer_small@4000", 33.0, 38.0)]
+    assert [p["system"] for p in experiment.pretraining_curve(runs)] == [
+        "zipformer_scratch", "zipformer_small", "zipformer_small@4000"], "iteration 2 is not on the MFCC curve"
+    payload.update(runs=runs, second_iteration=relabelled, second_iteration_effect=effect,
+                   pretraining_curve=experiment.pretraining_curve(runs))
+    text = experiment.markdown(payload)
+    assert "- zipformer_small_it2: labels from k-means on stack 4 of zipformer_small's final checkpoint; a fresh " \
+           "zipformer_small pre-trained on them for 2000 updates, 30.0 min" in text
+    assert "- zipformer_small_it2@4000: labels from k-means on stack 4 of zipformer_small's final checkpoint; " \
+           "zipformer_small's pre-training resumed on them until update 4000" in text
+    assert "- effect: test CER 33.00 (zipformer_small_it2@4000) vs 38.00 (zipformer_small@4000: as many updates " \
+           "on MFCC labels); valid CER 34.00 vs 39.00" in text
+    experiment.plot(payload, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

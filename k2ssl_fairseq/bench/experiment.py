@@ -39,12 +39,19 @@ def trained(proc: subprocess.CompletedProcess, seconds: float) -> Dict[str, Any]
             "last_loss": float(updates[-1]["loss"]) if updates else None}
 
 
-def make_labels(corpus: Path, labels: Path, clusters: int) -> str:
-    """MFCC k-means labels at 50 Hz for ``pretrain`` (learned there) and ``valid``; reused if present."""
+def make_labels(corpus: Path, labels: Path, clusters: int, from_checkpoint: Optional[Tuple[Path, int]] = None) -> str:
+    """k-means labels at 50 Hz for ``pretrain`` (learned there) and ``valid``: MFCC (iteration 1), or with
+    ``from_checkpoint=(checkpoint, layer)`` that model's layer (iteration 2). Reused if present and, for
+    iteration 2, written after the checkpoint."""
     cmd = [sys.executable, "-m", "k2ssl_fairseq.tools.make_labels", "--data", str(corpus), "--out", str(labels),
            "--n-clusters", str(clusters), "--label-rate", "50", "--splits", "pretrain", "valid",
            "--train-split", "pretrain", "--max-points", "200000"]
-    if (labels / "dict.km.txt").is_file() and (labels / "pretrain.km").is_file():
+    inputs: List[Path] = []
+    if from_checkpoint is not None:
+        checkpoint, layer = from_checkpoint
+        cmd += ["--feature", "checkpoint", "--checkpoint", str(checkpoint), "--layer", str(layer)]
+        inputs.append(checkpoint)
+    if (labels / "dict.km.txt").is_file() and written_after(labels / "pretrain.km", inputs):
         return shlex.join(cmd) + "  # (reused existing output)"
     labels.mkdir(parents=True, exist_ok=True)
     return run(cmd, labels.parent / "labels.log")
