@@ -23,6 +23,10 @@ speech from dozens of voices) and the nested labelled subsets ``train_10min`` an
 5. With ``--along-pretraining U...``: the Zipformer fine-tuned on 10 min of labels from its pre-training
    after U updates (kept checkpoints within the budget; beyond it, the pre-training resumed until U
    updates): test CER against pre-training minutes, scratch being 0 minutes.
+6. With ``--second-iteration-layer L``: HuBERT's second label iteration, k-means on stack L of the
+   Zipformer's final checkpoint; a fresh Zipformer pre-trained on those labels for as many updates as the
+   first (and with ``--second-iteration-resume U`` the first resumed on them until U), fine-tuned on 10 min
+   of labels and set beside the same updates on MFCC labels.
 
 Writes ``low_resource_cpu.json`` (schema: ``{"runs": [{"system", "labelled", "pretrain_minutes",
 "pretrain_updates", "finetune_updates", "test_cer", "test_wer", "valid_cer"}], "command",
@@ -32,7 +36,8 @@ Every training and decoding is reused when its record shows the identical comman
 after the checkpoint it starts from was written, so a rerun resumes after the last finished run.
 
     python benchmarks/low_resource_experiment.py --corpus /work/exp/corpus --work /work/exp/runs \\
-        --pretrain-minutes 60 --expected-updates 3500 --finetune-updates 2000 --along-pretraining 1000 2000 6000
+        --pretrain-minutes 60 --expected-updates 3500 --finetune-updates 2000 --along-pretraining 1000 2000 6000 \\
+        --second-iteration-layer 4 --second-iteration-resume 6000
 """
 from __future__ import annotations
 
