@@ -109,6 +109,15 @@ def pretrain(system: str, corpus: Path, labels: Path, minutes: float, expected_u
     return pretrain_once(overrides, run_dir, config_dir, config_name)
 
 
+def zipformer_pretraining_to(corpus: Path, labels: Path, minutes: float, updates: int, run_dir: Path,
+                             extra: Sequence[str] = (), inputs: Sequence[Path] = ()) -> Dict[str, Any]:
+    """zipformer_small's pre-training command budgeted in updates (``updates``) instead of minutes."""
+    overrides, config_dir, config_name = pretrain_command("zipformer_small", corpus, labels, minutes, 0)
+    overrides = with_overrides(overrides, [*extra, f"optimization.max_update={updates}",
+                                           "optimization.stop_time_hours=0"])
+    return pretrain_once(overrides, run_dir, config_dir, config_name, inputs=[*inputs, labels / "pretrain.km"])
+
+
 def continue_pretraining(corpus: Path, labels: Path, minutes: float, updates: int, work: Path,
                          system: Optional[str] = None) -> Dict[str, Any]:
     """zipformer_small's pre-training resumed from its final checkpoint (weights, optimizer, Eden schedule
@@ -116,11 +125,9 @@ def continue_pretraining(corpus: Path, labels: Path, minutes: float, updates: in
     a point on the pre-training-minutes curve beyond the equal-time budget. It runs as ``system``
     (default ``zipformer_small@<updates>``), on ``labels``."""
     last = pretrain_dir(work, "zipformer_small") / "ckpt" / "checkpoint_last.pt"
-    overrides, config_dir, config_name = pretrain_command("zipformer_small", corpus, labels, minutes, 0)
-    overrides = with_overrides(overrides, [f"checkpoint.restore_file={last}", f"optimization.max_update={updates}",
-                                           "optimization.stop_time_hours=0"])
-    return pretrain_once(overrides, pretrain_dir(work, system or f"zipformer_small@{updates}"), config_dir,
-                         config_name, inputs=[last, labels / "pretrain.km"])
+    return zipformer_pretraining_to(corpus, labels, minutes, updates,
+                                    pretrain_dir(work, system or f"zipformer_small@{updates}"),
+                                    extra=[f"checkpoint.restore_file={last}"], inputs=[last])
 
 
 def second_iteration(corpus: Path, work: Path, clusters: int, layer: int, minutes: float, updates: int,
@@ -134,10 +141,8 @@ def second_iteration(corpus: Path, work: Path, clusters: int, layer: int, minute
     last = pretrain_dir(work, "zipformer_small") / "ckpt" / "checkpoint_last.pt"
     labels = work / "labels_it2"
     labels_command = make_labels(corpus, labels, clusters, from_checkpoint=(last, layer))
-    overrides, config_dir, config_name = pretrain_command("zipformer_small", corpus, labels, minutes, 0)
-    overrides = with_overrides(overrides, [f"optimization.max_update={updates}", "optimization.stop_time_hours=0"])
-    jobs = {"zipformer_small_it2": lambda: pretrain_once(overrides, pretrain_dir(work, "zipformer_small_it2"),
-                                                         config_dir, config_name, inputs=[labels / "pretrain.km"])}
+    jobs = {"zipformer_small_it2": lambda: zipformer_pretraining_to(corpus, labels, minutes, updates,
+                                                                    pretrain_dir(work, "zipformer_small_it2"))}
     if resume_to is not None:
         name = f"zipformer_small_it2@{resume_to}"
         jobs[name] = lambda: continue_pretraining(corpus, labels, minutes, resume_to, work, system=name)

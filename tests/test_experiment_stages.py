@@ -95,22 +95,23 @@ def test_second_iteration_labels_come_from_the_checkpoint_and_are_remade_when_it
 
     def fake_run(cmd, log):
         ran.append(cmd)
+        assert log == tmp_path / "labels_it2.log", "each label set keeps its own log"
         for name in ("dict.km.txt", "pretrain.km"):
-            (tmp_path / "labels" / name).write_text("")
+            (tmp_path / "labels_it2" / name).write_text("")
         return shlex.join(cmd)
 
     monkeypatch.setattr(experiment, "run", fake_run)
     checkpoint = tmp_path / "checkpoint_last.pt"
     checkpoint.write_bytes(b"")
-    command = experiment.make_labels(tmp_path, tmp_path / "labels", 100, from_checkpoint=(checkpoint, 4))
+    command = experiment.make_labels(tmp_path, tmp_path / "labels_it2", 100, from_checkpoint=(checkpoint, 4))
     assert command.endswith(f"--feature checkpoint --checkpoint {checkpoint} --layer 4") and len(ran) == 1
-    _later(tmp_path / "labels" / "pretrain.km", checkpoint)
-    assert experiment.make_labels(tmp_path, tmp_path / "labels", 100, from_checkpoint=(checkpoint, 4)).endswith(
+    _later(tmp_path / "labels_it2" / "pretrain.km", checkpoint)
+    assert experiment.make_labels(tmp_path, tmp_path / "labels_it2", 100, from_checkpoint=(checkpoint, 4)).endswith(
         "(reused existing output)") and len(ran) == 1
-    _later(checkpoint, tmp_path / "labels" / "pretrain.km")
-    experiment.make_labels(tmp_path, tmp_path / "labels", 100, from_checkpoint=(checkpoint, 4))
+    _later(checkpoint, tmp_path / "labels_it2" / "pretrain.km")
+    experiment.make_labels(tmp_path, tmp_path / "labels_it2", 100, from_checkpoint=(checkpoint, 4))
     assert len(ran) == 2
-    assert "--feature" not in experiment.make_labels(tmp_path, tmp_path / "labels", 100), "iteration 1 is MFCC"
+    assert "--feature" not in experiment.make_labels(tmp_path, tmp_path / "labels_it2", 100), "iteration 1 is MFCC"
 
 
 def test_a_failing_stage_names_its_command_and_keeps_its_log(tmp_path: Path):

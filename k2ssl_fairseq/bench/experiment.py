@@ -54,7 +54,7 @@ def make_labels(corpus: Path, labels: Path, clusters: int, from_checkpoint: Opti
     if (labels / "dict.km.txt").is_file() and written_after(labels / "pretrain.km", inputs):
         return shlex.join(cmd) + "  # (reused existing output)"
     labels.mkdir(parents=True, exist_ok=True)
-    return run(cmd, labels.parent / "labels.log")
+    return run(cmd, labels.parent / f"{labels.name}.log")
 
 
 def pretrain_overrides(corpus: Path, labels: Path, minutes: float) -> List[str]:
