@@ -124,7 +124,7 @@ def continue_pretraining(corpus: Path, labels: Path, minutes: float, updates: in
     and data position: fairseq's ``checkpoint.restore_file``) until ``updates``, budgeted in updates:
     a point on the pre-training-minutes curve beyond the equal-time budget. It runs as ``system``
     (default ``zipformer_small@<updates>``), on ``labels``."""
-    last = pretrain_dir(work, "zipformer_small") / "ckpt" / "checkpoint_last.pt"
+    last = final_checkpoint(work, "zipformer_small")
     return zipformer_pretraining_to(corpus, labels, minutes, updates,
                                     pretrain_dir(work, system or f"zipformer_small@{updates}"),
                                     extra=[f"checkpoint.restore_file={last}"], inputs=[last])
@@ -138,7 +138,7 @@ def second_iteration(corpus: Path, work: Path, clusters: int, layer: int, minute
     with ``resume_to`` iteration 1's pre-training resumed on them until that update
     (``zipformer_small_it2@<U>``: against ``zipformer_small@<U>``, only the labels differ; its label
     embeddings start from iteration 1's, for classes that now mean other units, and are relearned)."""
-    last = pretrain_dir(work, "zipformer_small") / "ckpt" / "checkpoint_last.pt"
+    last = final_checkpoint(work, "zipformer_small")
     labels = work / "labels_it2"
     labels_command = make_labels(corpus, labels, clusters, from_checkpoint=(last, layer))
     jobs = {"zipformer_small_it2": lambda: zipformer_pretraining_to(corpus, labels, minutes, updates,
@@ -189,12 +189,17 @@ def pretrain_dir(work: Path, system: str) -> Path:
     return work / f"{system.replace('@', '_at')}_pt"
 
 
+def final_checkpoint(work: Path, system: str) -> Path:
+    """The checkpoint ``system``'s pre-training ended with."""
+    return pretrain_dir(work, system) / "ckpt" / "checkpoint_last.pt"
+
+
 def finetuning_after(system: str, pre: Dict[str, Dict[str, Any]], record: Dict[str, Any], work: Path) -> FineTuning:
     """10 min of labels from the end of a pre-training that needed zipformer_small's (resumed from its
     final checkpoint, or trained on labels made with it); its pre-training minutes are both runs'."""
     minutes = (pre["zipformer_small"]["wall_seconds"] + record["wall_seconds"]) / 60
-    return FineTuning(system, "10min", "zipformer_small", pretrain_dir(work, system) / "ckpt" / "checkpoint_last.pt",
-                      round(minutes, 1), record["updates"])
+    return FineTuning(system, "10min", "zipformer_small", final_checkpoint(work, system), round(minutes, 1),
+                      record["updates"])
 
 
 def plan_finetunings(pre: Dict[str, Dict[str, Any]], work: Path, along: Sequence[int],
@@ -207,12 +212,11 @@ def plan_finetunings(pre: Dict[str, Dict[str, Any]], work: Path, along: Sequence
     plan = []
     for labelled in LABELLED:
         for system, record in pre.items():
-            plan.append(FineTuning(system, labelled, PRETRAIN_SYSTEMS[system][1],
-                                   pretrain_dir(work, system) / "ckpt" / "checkpoint_last.pt",
+            plan.append(FineTuning(system, labelled, PRETRAIN_SYSTEMS[system][1], final_checkpoint(work, system),
                                    round(record["wall_seconds"] / 60, 1), record["updates"]))
         if "zipformer_small" in pre:
             plan.append(FineTuning("zipformer_scratch", labelled, "zipformer_small",
-                                   pretrain_dir(work, "zipformer_small") / "ckpt" / "checkpoint_last.pt", 0, 0))
+                                   final_checkpoint(work, "zipformer_small"), 0, 0))
     for updates in along:
         if "zipformer_small" not in pre:
             raise SystemExit("error: --along-pretraining needs zipformer_small among --pretrain-systems")
@@ -234,6 +238,11 @@ def plan_finetunings(pre: Dict[str, Dict[str, Any]], work: Path, along: Sequence
 def run_all(jobs: List[Any], parallel: int) -> List[Any]:
     with ThreadPoolExecutor(parallel) as pool:
         return list(pool.map(lambda job: job(), jobs))
+
+
+def final_accuracy(pre: Dict[str, Any]) -> float:
+    """A pre-training's masked accuracy over its last logged updates (NaN if none were logged)."""
+    return pre["curve"][-1]["masked_accuracy"] if pre["curve"] else float("nan")
 
 
 def markdown(payload: Dict[str, Any]) -> str:
@@ -261,30 +270,27 @@ def markdown(payload: Dict[str, Any]) -> str:
     lines += ["", "## Pre-training", ""]
     horizon = int(settings.get("expected_updates", 0))
     for name, pre in payload["pretrain"].items():
-        last = pre["curve"][-1] if pre["curve"] else {}
         line = (f"- {name}: {pre['updates']} updates in {pre['wall_seconds'] / 60:.1f} min, masked accuracy "
-                f"{last.get('masked_accuracy', float('nan')):.3f} over its last 50 updates")
+                f"{final_accuracy(pre):.3f} over its last 50 updates")
         if PRETRAIN_SYSTEMS[name][0] is None and pre["updates"] > horizon:
             reached = next(p["minutes"] for p in pre["curve"] if p["updates"] >= horizon)
             line += (f". Its polynomial learning-rate decay ends at update {horizon} (`--expected-updates`), "
                      f"reached after {reached} min: the later updates ran at lr 0 and changed nothing")
         lines.append(f"{line}; `{pre['command']}`")
     for name, pre in payload.get("continued_pretraining", {}).items():
-        accuracy = pre["curve"][-1]["masked_accuracy"] if pre["curve"] else float("nan")
         lines.append(f"- {name}: zipformer_small's pre-training resumed from its final checkpoint until update "
-                     f"{pre['updates']}, {pre['wall_seconds'] / 60:.1f} more minutes, masked accuracy {accuracy:.3f} "
-                     f"over its last 50 updates (not plotted: fairseq's logged wall clock stays 0 after a resume); "
-                     f"`{pre['command']}`")
+                     f"{pre['updates']}, {pre['wall_seconds'] / 60:.1f} more minutes, masked accuracy "
+                     f"{final_accuracy(pre):.3f} over its last 50 updates (not plotted: fairseq's logged wall clock "
+                     f"stays 0 after a resume); `{pre['command']}`")
     second = payload.get("second_iteration", {})
     if second:
         lines += ["", "## Second label iteration (10 min of labels)", ""]
     for name, pre in second.items():
-        accuracy = pre["curve"][-1]["masked_accuracy"] if pre["curve"] else float("nan")
         how = (f"zipformer_small's pre-training resumed on them until update {pre['updates']}" if "@" in name else
                f"a fresh zipformer_small pre-trained on them for {pre['updates']} updates")
         lines.append(f"- {name}: labels from k-means on stack {pre['layer']} of zipformer_small's final checkpoint; "
-                     f"{how}, {pre['wall_seconds'] / 60:.1f} min, masked accuracy {accuracy:.3f} over its last 50 "
-                     f"updates (other targets than MFCC's: not comparable); labels: `{pre['labels_command']}`; "
+                     f"{how}, {pre['wall_seconds'] / 60:.1f} min, masked accuracy {final_accuracy(pre):.3f} over its "
+                     f"last 50 updates (other targets than MFCC's: not comparable); labels: `{pre['labels_command']}`; "
                      f"`{pre['command']}`")
     for e in payload.get("second_iteration_effect", []):
         lines.append(f"- effect: test CER {e['test_cer']:.2f} ({e['system']}) vs {e['baseline_test_cer']:.2f} "
