@@ -1,13 +1,13 @@
 #!/usr/bin/env python
 """Choose CTC fine-tuning settings on ``valid``: several settings from one checkpoint, equal updates.
 
-Each setting is a list of hydra overrides on a fine-tuning preset; every run validates and saves a
-checkpoint every ``--validate-every`` updates, and each saved checkpoint is decoded greedily on
-``valid`` (``k2ssl-decode-ctc``: CER on letters, WER on words). fairseq's own valid UER is kept too,
-but it counts the word-boundary symbol ``|``, which a model learns first, so early in training it
-reads far lower than the CER (measured: UER 84.8 where the CER was 99.1). Nothing is decoded on
-``test``: the point is to pick settings without looking at it. Runs go ``--parallel`` at a time,
-one thread each, so a sweep costs the same machine time per setting. Writes
+Each setting is a list of hydra overrides on a fine-tuning preset; every run saves a checkpoint every
+``--validate-every`` updates (no fairseq validation pass: its UER counts the word-boundary symbol ``|``,
+which a model learns first, so early on it reads far lower than the CER; measured: UER 84.8 where the
+CER was 99.1), and each saved checkpoint is decoded greedily on ``valid`` (``k2ssl-decode-ctc``: CER on
+letters, WER on words). The setting with the lowest final valid CER is chosen; ``test`` is decoded for
+that one only, and only with ``--test-chosen``, so nothing about ``test`` can steer the choice. Runs go
+``--parallel`` at a time, one thread each, so a sweep costs the same machine time per setting. Writes
 ``finetune_sweep_<name>.{json,md}`` into ``--results``.
 
 Example::
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from k2ssl_fairseq.bench.common import provenance
-from k2ssl_fairseq.bench.experiment import finetune, valid_cer_curve
+from k2ssl_fairseq.bench.experiment import decode, finetune, valid_cer_curve
 
 
 def parse_settings(raw: List[List[str]]) -> Dict[str, List[str]]:
@@ -42,26 +42,33 @@ def parse_settings(raw: List[List[str]]) -> Dict[str, List[str]]:
     return settings
 
 
+def chosen(runs: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """The finished setting with the lowest final valid CER (the first of equals), or None."""
+    finished = [r for r in runs if "error" not in r]
+    return min(finished, key=lambda r: r["valid"]["cer"]) if finished else None
+
+
 def markdown(payload: Dict[str, Any]) -> str:
     lines = [f"# Fine-tuning sweep `{payload['name']}` (chosen on valid)", "",
              f"Command: `{payload['command']}`  ", f"Commit {payload['git_commit']}, machine: {payload['machine']}, "
              f"load average at the end {payload['load_average']}", "",
              f"Checkpoint: `{payload['checkpoint']}`, preset `{payload['preset']}`, {payload['updates']} updates on "
              f"`{payload['train_subset']}`, one thread per run, {payload['parallel']} at a time.", "",
-             "| setting | overrides | valid CER (final) | valid WER (final) | valid CER by updates | "
-             "fairseq valid UER by updates |", "| --- | --- | --- | --- | --- | --- |"]
+             "| setting | overrides | valid CER (final) | valid WER (final) | valid CER by updates |",
+             "| --- | --- | --- | --- | --- |"]
     for r in payload["runs"]:
         if "error" in r:
-            lines.append(f"| {r['setting']} | `{' '.join(r['overrides'])}` | failed | failed | see the JSON | |")
+            lines.append(f"| {r['setting']} | `{' '.join(r['overrides'])}` | failed | failed | see the JSON |")
             continue
         cer = ", ".join(f"{p['updates']}: {p['cer']:.1f}" for p in r["valid_cer_curve"])
-        uer = ", ".join(f"{p['updates']}: {p['uer']:.1f}" for p in r["valid_curve"])
         lines.append(f"| {r['setting']} | `{' '.join(r['overrides'])}` | {r['valid']['cer']:.2f} | "
-                     f"{r['valid']['wer']:.2f} | {cer} | {uer} |")
-    finished = [r for r in payload["runs"] if "error" not in r]
-    if finished:
-        best = min(finished, key=lambda r: r["valid"]["cer"])
+                     f"{r['valid']['wer']:.2f} | {cer} |")
+    best = chosen(payload["runs"])
+    if best is not None:
         lines += ["", f"Lowest valid CER: **{best['setting']}** ({best['valid']['cer']:.2f})."]
+        if "test" in best:
+            lines.append(f"Its final model on `test` (decoded for the chosen setting only): CER "
+                         f"{best['test']['cer']:.2f}, WER {best['test']['wer']:.2f}.")
     return "\n".join(lines) + "\n"
 
 
@@ -75,8 +82,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--work", type=Path, required=True, help="scratch directory for the runs")
     parser.add_argument("--results", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--updates", type=int, required=True, help="fine-tuning updates per setting")
-    parser.add_argument("--validate-every", type=int, default=100, help="updates between valid passes")
+    parser.add_argument("--validate-every", type=int, default=100,
+                        help="updates between the saved checkpoints that are decoded on valid")
     parser.add_argument("--parallel", type=int, default=2, help="runs at a time, one thread each")
+    parser.add_argument("--test-chosen", action="store_true",
+                        help="after choosing on valid, decode the chosen setting's final model on test")
     parser.add_argument("--setting", nargs="+", action="append", required=True, metavar="NAME_THEN_OVERRIDES",
                         help="a setting's name followed by its hydra overrides (repeat for each setting)")
     args = parser.parse_args(argv)
@@ -84,8 +94,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     corpus, work, checkpoint = args.corpus.resolve(), args.work.resolve(), args.checkpoint.resolve()
     if not checkpoint.is_file():
         raise SystemExit(f"error: checkpoint {checkpoint} does not exist")
-    shared = ["dataset.valid_subset=valid", f"dataset.validate_interval_updates={args.validate_every}",
-              "optimization.max_epoch=100000",
+    shared = ["dataset.valid_subset=valid", "optimization.max_epoch=100000",
               f"checkpoint.save_interval_updates={args.validate_every}", "checkpoint.keep_interval_updates=-1"]
 
     def run(item) -> Dict[str, Any]:
@@ -93,18 +102,23 @@ def main(argv: Optional[List[str]] = None) -> int:
         run_dir = work / name
         try:
             record = finetune(corpus, checkpoint, args.preset, args.updates, run_dir, [*shared, *overrides], threads=1,
-                              subset=args.train_subset)
+                              subset=args.train_subset, validate=False)
             cer_curve = valid_cer_curve(run_dir, corpus, record["updates"])
-            return {"setting": name, "overrides": overrides, "finetune": record, "valid_curve": record["valid_curve"],
-                    "valid_cer_curve": cer_curve, "valid": cer_curve[-1]}
+            return {"setting": name, "overrides": overrides, "finetune": record, "valid_cer_curve": cer_curve,
+                    "valid": cer_curve[-1]}
         except RuntimeError as error:  # one broken setting must not cost the others' results
             print(f"setting {name} failed (log under {run_dir}):\n{error}", file=sys.stderr, flush=True)
             return {"setting": name, "overrides": overrides, "error": str(error)[-2000:]}
 
     with ThreadPoolExecutor(args.parallel) as pool:
         runs = list(pool.map(run, settings.items()))
+    best = chosen(runs)
+    if args.test_chosen and best is not None:
+        run_dir = work / best["setting"]
+        best["test"] = decode(run_dir / "ckpt" / "checkpoint_last.pt", corpus, "test", run_dir / "decode_test")
     payload = {"name": args.name, "checkpoint": str(checkpoint), "preset": args.preset, "updates": args.updates,
-               "train_subset": args.train_subset, "parallel": args.parallel, "runs": runs, **provenance("cpu")}
+               "train_subset": args.train_subset, "parallel": args.parallel,
+               "chosen": None if best is None else best["setting"], "runs": runs, **provenance("cpu")}
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / f"finetune_sweep_{args.name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     (args.results / f"finetune_sweep_{args.name}.md").write_text(markdown(payload))

@@ -1,7 +1,8 @@
-"""The fine-tuning sweep's argument grouping."""
+"""The fine-tuning sweep: settings grouped by name, the choice made on valid, test decoded for the choice only."""
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -23,3 +24,63 @@ def test_bad_settings_are_refused(raw, message):
     with pytest.raises(SystemExit, match=message):
         sweep.parse_settings(raw)
 
+
+
+def _run(setting, cer, **extra):
+    return {"setting": setting, "overrides": [f"x={setting}"], "valid": {"cer": cer, "wer": 90.0},
+            "valid_cer_curve": [{"updates": 500, "cer": cer + 10}, {"updates": 1000, "cer": cer}], **extra}
+
+
+def test_the_lowest_final_valid_cer_is_chosen_and_failures_are_passed_over():
+    runs = [_run("a", 60.0), {"setting": "broken", "overrides": [], "error": "boom"}, _run("b", 55.5), _run("c", 55.5)]
+    assert sweep.chosen(runs)["setting"] == "b"
+    assert sweep.chosen([{"setting": "broken", "overrides": [], "error": "boom"}]) is None
+
+
+def _payload(runs):
+    return {"name": "n", "command": "cmd", "git_commit": "abc", "machine": "m", "load_average": 1.0,
+            "checkpoint": "pt.pt", "preset": "zipformer_small", "updates": 1000, "train_subset": "train_10min",
+            "parallel": 2, "runs": runs}
+
+
+def test_markdown_names_the_choice_and_reports_test_only_for_it():
+    without_test = sweep.markdown(_payload([_run("a", 60.0), _run("b", 55.5)]))
+    assert "Lowest valid CER: **b** (55.50)." in without_test
+    assert "| a | `x=a` | 60.00 | 90.00 | 500: 70.0, 1000: 60.0 |" in without_test
+    assert "on `test`" not in without_test
+    with_test = sweep.markdown(_payload([_run("a", 60.0), _run("b", 55.5, test={"cer": 61.25, "wer": 99.0})]))
+    assert "CER 61.25, WER 99.00" in with_test
+
+
+def test_only_the_setting_chosen_on_valid_is_decoded_on_test(tmp_path, monkeypatch):
+    checkpoint = tmp_path / "pt.pt"
+    checkpoint.write_bytes(b"")
+    final_cer = {"lr01": 62.0, "lr02": 58.0, "lr04": 70.0}
+    trained, decoded = [], []
+
+    def fake_finetune(corpus, pretrained, preset, updates, run_dir, extra, threads, subset, validate):
+        trained.append((run_dir.name, validate, list(extra)))
+        return {"updates": updates}
+
+    def fake_curve(run_dir, corpus, final_updates):
+        return [{"updates": final_updates, "cer": final_cer[run_dir.name], "wer": 95.0}]
+
+    def fake_decode(path, corpus, subset, out):
+        decoded.append((path, subset))
+        return {"cer": 61.0, "wer": 97.0}
+
+    monkeypatch.setattr(sweep, "finetune", fake_finetune)
+    monkeypatch.setattr(sweep, "valid_cer_curve", fake_curve)
+    monkeypatch.setattr(sweep, "decode", fake_decode)
+    argv = ["--name", "t", "--corpus", str(tmp_path), "--checkpoint", str(checkpoint), "--work", str(tmp_path / "w"),
+            "--results", str(tmp_path / "r"), "--updates", "40", "--validate-every", "20", "--parallel", "1",
+            "--test-chosen"]
+    for name in final_cer:
+        argv += ["--setting", name, f"optimization.lr=[{name[2:]}]"]
+    assert sweep.main(argv) == 0
+    assert [name for name, _, _ in trained] == ["lr01", "lr02", "lr04"]
+    assert all(not validate and "checkpoint.save_interval_updates=20" in extra for _, validate, extra in trained)
+    assert decoded == [(tmp_path / "w" / "lr02" / "ckpt" / "checkpoint_last.pt", "test")]
+    payload = json.loads((tmp_path / "r" / "finetune_sweep_t.json").read_text())
+    assert payload["chosen"] == "lr02"
+    assert [("test" in r) for r in payload["runs"]] == [False, True, False]
