@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from k2ssl_fairseq.bench.common import provenance
-from k2ssl_fairseq.bench.experiment import decode, finetune, valid_cer_curve
+from k2ssl_fairseq.bench.experiment import decode, finetune_decoding_saves
 
 
 def parse_settings(raw: List[List[str]]) -> Dict[str, List[str]]:
@@ -94,18 +94,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     corpus, work, checkpoint = args.corpus.resolve(), args.work.resolve(), args.checkpoint.resolve()
     if not checkpoint.is_file():
         raise SystemExit(f"error: checkpoint {checkpoint} does not exist")
-    shared = ["dataset.valid_subset=valid", "optimization.max_epoch=100000",
-              f"checkpoint.save_interval_updates={args.validate_every}", "checkpoint.keep_interval_updates=-1"]
 
     def run(item) -> Dict[str, Any]:
         name, overrides = item
         run_dir = work / name
         try:
-            record = finetune(corpus, checkpoint, args.preset, args.updates, run_dir, [*shared, *overrides], threads=1,
-                              subset=args.train_subset, validate=False)
-            cer_curve = valid_cer_curve(run_dir, corpus, record["updates"])
-            return {"setting": name, "overrides": overrides, "finetune": record, "valid_cer_curve": cer_curve,
-                    "valid": cer_curve[-1]}
+            record = finetune_decoding_saves(corpus, checkpoint, args.preset, args.updates, run_dir, overrides,
+                                             args.validate_every, args.train_subset)
+            return {"setting": name, "overrides": overrides, "finetune": record,
+                    "valid_cer_curve": record.pop("valid_cer_curve"), "valid": record.pop("valid")}
         except RuntimeError as error:  # one broken setting must not cost the others' results
             print(f"setting {name} failed (log under {run_dir}):\n{error}", file=sys.stderr, flush=True)
             return {"setting": name, "overrides": overrides, "error": str(error)[-2000:]}

@@ -55,11 +55,10 @@ from k2ssl_fairseq import presets
 from k2ssl_fairseq.bench.common import accuracy_curve, provenance, thread_env
 from k2ssl_fairseq.bench.experiment import (
     decode,
-    finetune,
+    finetune_decoding_saves,
     make_labels,
     pretrain_overrides,
     train_once,
-    valid_cer_curve,
 )
 from k2ssl_fairseq.bench.stock import hubert_model_overrides, stock_hubert_config_dir
 
@@ -153,16 +152,11 @@ def second_iteration(corpus: Path, work: Path, clusters: int, layer: int, minute
 
 def finetune_and_decode(name: str, checkpoint: Path, preset: str, subset: str, corpus: Path, updates: int,
                         overrides: Sequence[str], save_every: int, run_dir: Path) -> Dict[str, Any]:
-    """The shared letter-CTC fine-tuning on one labelled subset, one thread, no validation pass; every
-    ``save_every`` updates a checkpoint is kept and decoded on ``valid`` (the CER curve), the final model
-    also on ``test``."""
-    extra = ["dataset.valid_subset=valid", "optimization.max_epoch=100000",
-             f"checkpoint.save_interval_updates={save_every}", "checkpoint.keep_interval_updates=-1", *overrides]
+    """The shared letter-CTC fine-tuning on one labelled subset with its valid CER curve, the final
+    model also decoded on ``test``."""
     if name == "zipformer_scratch":
-        extra.append("model.pretrained_weights=false")
-    record = finetune(corpus, checkpoint, preset, updates, run_dir, extra, threads=1, subset=subset, validate=False)
-    record["valid_cer_curve"] = valid_cer_curve(run_dir, corpus, record["updates"])
-    record["valid"] = record["valid_cer_curve"][-1]
+        overrides = [*overrides, "model.pretrained_weights=false"]
+    record = finetune_decoding_saves(corpus, checkpoint, preset, updates, run_dir, overrides, save_every, subset)
     record["test"] = decode(run_dir / "ckpt" / "checkpoint_last.pt", corpus, "test", run_dir / "decode_test")
     return record
 

@@ -141,6 +141,27 @@ def test_finetune_trains_on_its_subset_with_or_without_validation(tmp_path: Path
     assert [o for o in seen["overrides"] if "validat" in o] == expected
 
 
+def test_finetune_decoding_saves_keeps_checkpoints_instead_of_validating(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch):
+    seen = {}
+
+    def fake_finetune(corpus, pretrained, preset, updates, run_dir, extra, threads, subset, validate):
+        seen.update(extra=list(extra), threads=threads, subset=subset, validate=validate)
+        return {"updates": updates}
+
+    def fake_curve(run_dir, corpus, final_updates):
+        return [{"updates": 250, "cer": 90.0}, {"updates": final_updates, "cer": 70.0}]
+
+    monkeypatch.setattr(experiment, "finetune", fake_finetune)
+    monkeypatch.setattr(experiment, "valid_cer_curve", fake_curve)
+    record = experiment.finetune_decoding_saves(tmp_path, tmp_path / "pt.pt", "zipformer_small", 400, tmp_path,
+                                                ["optimization.lr=[0.01]"], 250, "train_1h")
+    assert seen == {"extra": ["dataset.valid_subset=valid", "optimization.max_epoch=100000",
+                              "checkpoint.save_interval_updates=250", "checkpoint.keep_interval_updates=-1",
+                              "optimization.lr=[0.01]"], "threads": 1, "subset": "train_1h", "validate": False}
+    assert record["valid"] == {"updates": 400, "cer": 70.0} and len(record["valid_cer_curve"]) == 2
+
+
 def test_checkpoints_are_decoded_in_update_order_ending_with_the_final_model(tmp_path: Path):
     for name in ("checkpoint_3_1500.pt", "checkpoint_1_500.pt", "checkpoint_2_1000.pt", "checkpoint_best.pt"):
         (tmp_path / name).write_bytes(b"")

@@ -58,19 +58,16 @@ def test_only_the_setting_chosen_on_valid_is_decoded_on_test(tmp_path, monkeypat
     final_cer = {"lr01": 62.0, "lr02": 58.0, "lr04": 70.0}
     trained, decoded = [], []
 
-    def fake_finetune(corpus, pretrained, preset, updates, run_dir, extra, threads, subset, validate):
-        trained.append((run_dir.name, validate, list(extra)))
-        return {"updates": updates}
-
-    def fake_curve(run_dir, corpus, final_updates):
-        return [{"updates": final_updates, "cer": final_cer[run_dir.name], "wer": 95.0}]
+    def fake_finetune(corpus, pretrained, preset, updates, run_dir, overrides, save_every, subset):
+        trained.append((run_dir.name, save_every, list(overrides)))
+        curve = [{"updates": updates, "cer": final_cer[run_dir.name], "wer": 95.0}]
+        return {"updates": updates, "valid_cer_curve": curve, "valid": curve[-1]}
 
     def fake_decode(path, corpus, subset, out):
         decoded.append((path, subset))
         return {"cer": 61.0, "wer": 97.0}
 
-    monkeypatch.setattr(sweep, "finetune", fake_finetune)
-    monkeypatch.setattr(sweep, "valid_cer_curve", fake_curve)
+    monkeypatch.setattr(sweep, "finetune_decoding_saves", fake_finetune)
     monkeypatch.setattr(sweep, "decode", fake_decode)
     argv = ["--name", "t", "--corpus", str(tmp_path), "--checkpoint", str(checkpoint), "--work", str(tmp_path / "w"),
             "--results", str(tmp_path / "r"), "--updates", "40", "--validate-every", "20", "--parallel", "1",
@@ -79,7 +76,7 @@ def test_only_the_setting_chosen_on_valid_is_decoded_on_test(tmp_path, monkeypat
         argv += ["--setting", name, f"optimization.lr=[{name[2:]}]"]
     assert sweep.main(argv) == 0
     assert [name for name, _, _ in trained] == ["lr01", "lr02", "lr04"]
-    assert all(not validate and "checkpoint.save_interval_updates=20" in extra for _, validate, extra in trained)
+    assert all(every == 20 and extra == [f"optimization.lr=[{name[2:]}]"] for name, every, extra in trained)
     assert decoded == [(tmp_path / "w" / "lr02" / "ckpt" / "checkpoint_last.pt", "test")]
     payload = json.loads((tmp_path / "r" / "finetune_sweep_t.json").read_text())
     assert payload["chosen"] == "lr02"

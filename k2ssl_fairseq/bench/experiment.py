@@ -150,6 +150,19 @@ def valid_cer_curve(run_dir: Path, corpus: Path, final_updates: int) -> List[Dic
             for updates, path in saved_by_updates(run_dir / "ckpt", final_updates)]
 
 
+def finetune_decoding_saves(corpus: Path, pretrained: Path, preset: str, updates: int, run_dir: Path,
+                            overrides: Sequence[str], save_every: int, subset: str) -> Dict[str, Any]:
+    """A fine-tuning on one thread without fairseq's validation pass (every epoch, i.e. every ~60 updates
+    on 10 min of labels, with a misleading UER) that keeps a checkpoint every ``save_every`` updates and
+    decodes each on ``valid``: ``valid_cer_curve``, and ``valid`` for the final model."""
+    extra = ["dataset.valid_subset=valid", "optimization.max_epoch=100000",
+             f"checkpoint.save_interval_updates={save_every}", "checkpoint.keep_interval_updates=-1", *overrides]
+    record = finetune(corpus, pretrained, preset, updates, run_dir, extra, threads=1, subset=subset, validate=False)
+    record["valid_cer_curve"] = valid_cer_curve(run_dir, corpus, record["updates"])
+    record["valid"] = record["valid_cer_curve"][-1]
+    return record
+
+
 def parameter_count(checkpoint: Path) -> Dict[str, int]:
     """Parameters of the fine-tuned model: encoder (pre-training head removed) and CTC head."""
     from k2ssl_fairseq import checkpoints
