@@ -101,8 +101,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         try:
             record = finetune_decoding_saves(corpus, checkpoint, args.preset, args.updates, run_dir, overrides,
                                              args.validate_every, args.train_subset)
-            return {"setting": name, "overrides": overrides, "finetune": record,
-                    "valid_cer_curve": record.pop("valid_cer_curve"), "valid": record.pop("valid")}
+            curve, final = record.pop("valid_cer_curve"), record.pop("valid")
+            return {"setting": name, "overrides": overrides, "finetune": record, "valid_cer_curve": curve,
+                    "valid": final}
         except RuntimeError as error:  # one broken setting must not cost the others' results
             print(f"setting {name} failed (log under {run_dir}):\n{error}", file=sys.stderr, flush=True)
             return {"setting": name, "overrides": overrides, "error": str(error)[-2000:]}
