@@ -10,7 +10,7 @@ import subprocess
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Dict, Mapping, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,11 +20,46 @@ SCALED_ADAM_GOLDEN_TOLERANCE = 5e-7
 
 
 def golden_dir() -> Path:
-    """The reference outputs of the original k2SSL implementation: ``shared/golden`` beside the repo.
+    """The reference outputs of the original k2SSL implementation: ``tests/golden`` in this repository
+    (its README says what produced each file). ``K2SSL_GOLDEN_DIR`` overrides the location."""
+    return Path(os.environ.get("K2SSL_GOLDEN_DIR", REPO / "tests" / "golden"))
 
-    ``K2SSL_GOLDEN_DIR`` overrides the location.
+
+def golden_arrays(case: str, directory: Path | None = None) -> Dict[str, Any]:
+    """Every array of golden case ``case``: ``<case>.npz`` merged with its parts ``<case>.<part>.npz``.
+
+    The repository keeps each file under 2 MB, so a larger original is stored split by key (see
+    ``tests/golden/README.md``); a directory holding the original whole file reads the same.
     """
-    return Path(os.environ.get("K2SSL_GOLDEN_DIR", REPO.parent / "shared" / "golden"))
+    import numpy as np
+
+    directory = golden_dir() if directory is None else Path(directory)
+    files = sorted(directory.glob(f"{case}.npz")) + sorted(directory.glob(f"{case}.*.npz"))
+    if not files:
+        raise FileNotFoundError(f"{directory / case}.npz: no golden file of case {case!r} (nor any part)")
+    arrays: Dict[str, Any] = {}
+    for file in files:
+        with np.load(file) as npz:
+            for key in npz.files:
+                if key in arrays:
+                    raise ValueError(f"{file}: key {key!r} is already in another part of case {case!r}")
+                arrays[key] = npz[key]
+    return arrays
+
+
+def array_digest(arrays: Mapping[str, Any]) -> str:
+    """sha256 over every array's key, dtype, shape and bytes, in key order: equal digests mean the
+    same numbers, however the arrays are split into files or compressed."""
+    import hashlib
+
+    import numpy as np
+
+    digest = hashlib.sha256()
+    for key in sorted(arrays):
+        array = np.ascontiguousarray(arrays[key])
+        digest.update(f"{key}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 def stock_hubert_ctc_checkpoint(pretrained: Path, data: Path, out: Path, seed: int = 0) -> Path:
@@ -144,11 +179,10 @@ def icefall_checkpoint() -> dict:
     distinct ``model_avg``) plus the params namespace at the top level, including a pickled path."""
     import json
 
-    import numpy as np
     import torch
 
-    golden = np.load(golden_dir() / "zipformer_ssl_tiny_case1.npz")
-    state = {k[len("param/"):]: torch.from_numpy(golden[k].copy()) for k in golden.files if k.startswith("param/")}
+    golden = golden_arrays("zipformer_ssl_tiny_case1")
+    state = {k[len("param/"):]: torch.from_numpy(golden[k].copy()) for k in golden if k.startswith("param/")}
     hparams = json.loads((golden_dir() / "zipformer_ssl_tiny_case1.json").read_text())["config"]
     return {"model": state, "model_avg": {k: v * 0.5 for k, v in state.items()}, "optimizer": {"state": {}},
             "batch_idx_train": 1234, "exp_dir": Path("/exp/zipformer"), **hparams}

@@ -6,14 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from fairseq import checkpoint_utils
 
 import helpers
 import k2ssl_fairseq  # noqa: F401
-from helpers import golden_dir
+from helpers import golden_arrays, golden_dir
 from k2ssl_fairseq.checkpoints import CheckpointMismatchError
 from k2ssl_fairseq.conversion.icefall import import_icefall_checkpoint
 from k2ssl_fairseq.data.frames import parse_conv_layers
@@ -24,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def golden():
-    return np.load(GOLDEN / "zipformer_ssl_tiny_case1.npz")
+    return golden_arrays("zipformer_ssl_tiny_case1")
 
 
 @pytest.fixture(scope="module")

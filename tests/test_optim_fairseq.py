@@ -11,7 +11,7 @@ from fairseq.logging import metrics
 from fairseq.optim.lr_scheduler import build_lr_scheduler
 from omegaconf import OmegaConf
 
-from helpers import SCALED_ADAM_GOLDEN_TOLERANCE, golden_dir
+from helpers import SCALED_ADAM_GOLDEN_TOLERANCE, golden_arrays, golden_dir
 from k2ssl_fairseq.optim import EdenSchedule, tag_parameter_names
 
 GOLDEN = golden_dir()
@@ -42,7 +42,7 @@ def test_golden_replay_through_fairseq_hooks_with_metrics():
     """Trainer order: step_update(0) at build; per epoch step_begin_epoch(epoch) + step_update(n);
     per update step(), zero_grad(), step_update(n + 1)."""
     meta = json.loads((GOLDEN / "scaled_adam_case1.json").read_text())
-    arrays = np.load(GOLDEN / "scaled_adam_case1.npz")
+    arrays = golden_arrays("scaled_adam_case1")
     names = meta["param_names_in_group_order"]
     params = [torch.nn.Parameter(torch.tensor(arrays[f"init/{n}"])) for n in names]
     sched = meta["scheduler_hyperparameters"]

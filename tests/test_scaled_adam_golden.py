@@ -1,4 +1,4 @@
-"""ScaledAdam + Eden replay the icefall reference trajectory (shared/golden/scaled_adam_case1, README B).
+"""ScaledAdam + Eden replay the icefall reference trajectory (tests/golden/scaled_adam_case1, its README section B).
 
 The replay follows the recorded call sequence: ``step_epoch(epoch - 1)`` at each epoch start, then per
 step set the gradients, set the lr for batch ``k`` (icefall's ``step_batch(k)``), ``optimizer.step()``.
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import SCALED_ADAM_GOLDEN_TOLERANCE, golden_dir
+from helpers import SCALED_ADAM_GOLDEN_TOLERANCE, golden_arrays, golden_dir
 from k2ssl_fairseq.optim import EdenSchedule, ScaledAdam
 
 GOLDEN = golden_dir()
@@ -18,7 +18,7 @@ GOLDEN = golden_dir()
 @pytest.fixture(scope="module")
 def golden():
     meta = json.loads((GOLDEN / "scaled_adam_case1.json").read_text())
-    arrays = dict(np.load(GOLDEN / "scaled_adam_case1.npz"))
+    arrays = golden_arrays("scaled_adam_case1")
     return meta, arrays, *replay(meta, arrays)
 
 

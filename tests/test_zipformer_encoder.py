@@ -1,6 +1,6 @@
 """Acceptance tests of the plain-PyTorch Zipformer2 encoder (issue B, part B1).
 
-Reference numbers come from the original icefall implementation (see /work/shared/golden/README.md).
+Reference numbers come from the original icefall implementation (``tests/golden``, see its README).
 """
 
 from __future__ import annotations
@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import ZIPFORMER_GOLDEN_TOLERANCE, golden_dir
+from helpers import ZIPFORMER_GOLDEN_TOLERANCE, golden_arrays, golden_dir
 from k2ssl_fairseq.models.zipformer import ScheduledFloat, Zipformer2, set_batch_count, without_training_state
 from k2ssl_fairseq.models.zipformer.regularizers import Balancer, Whiten
 
 GOLDEN = golden_dir()
 TINY_JSON = GOLDEN / "zipformer_ssl_tiny_case1.json"
-TINY_NPZ = GOLDEN / "zipformer_ssl_tiny_case1.npz"
 PREFIX = "encoder."
 
 
@@ -46,7 +45,7 @@ def encoder_from_icefall_config(config: dict) -> Zipformer2:
 
 @pytest.fixture(scope="module")
 def golden():
-    return np.load(TINY_NPZ)
+    return golden_arrays("zipformer_ssl_tiny_case1")
 
 
 @pytest.fixture()
@@ -55,7 +54,7 @@ def tiny_encoder(golden) -> Zipformer2:
     encoder = encoder_from_icefall_config(json.loads(TINY_JSON.read_text())["config"])
     state = {
         k[len("param/" + PREFIX) :]: torch.from_numpy(golden[k])
-        for k in golden.files
+        for k in golden
         if k.startswith("param/" + PREFIX)
     }
     encoder.load_state_dict(state, strict=True)

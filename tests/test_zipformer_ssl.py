@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 import k2ssl_fairseq  # noqa: F401
-from helpers import ZIPFORMER_GOLDEN_TOLERANCE, golden_dir
+from helpers import ZIPFORMER_GOLDEN_TOLERANCE, golden_arrays, golden_dir
 from k2ssl_fairseq.conversion.icefall import model_config_from_hparams
 from k2ssl_fairseq.data.frames import conv_frames
 from k2ssl_fairseq.models.zipformer import without_training_state
@@ -18,9 +18,9 @@ from k2ssl_fairseq.models.zipformer_ssl import ZipformerSslConfig, ZipformerSslM
 
 GOLDEN = golden_dir()
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config" / "pretrain"
-#: Outputs of the original icefall model: shared/golden's tiny case, and tests/golden's case with
-#: per-stack head dimensions, the widest stack in the middle and 8-head stacks (made by
-#: tests/golden/make_icefall_case.py from icefall's own code).
+#: Outputs of the original icefall model (tests/golden/README.md): the reference tiny case, and a case
+#: with per-stack head dimensions, the widest stack in the middle and 8-head stacks (made by
+#: tests/golden/make_icefall_case.py from icefall's own code; always read from this repository).
 GOLDEN_CASES = {"tiny_case1": GOLDEN / "zipformer_ssl_tiny_case1",
                 "per_stack_heads": Path(__file__).resolve().parent / "golden" / "per_stack_heads"}
 
@@ -35,17 +35,17 @@ def relative_error(ours: torch.Tensor, ref: np.ndarray) -> float:
 
 def golden_model(case: Path):
     """A golden case's arrays, and its model built from the hyper-parameters in its JSON, loaded strictly."""
-    arrays = np.load(case.with_suffix(".npz"))
+    arrays = golden_arrays(case.name, case.parent)
     meta = json.loads(case.with_suffix(".json").read_text())
     model = ZipformerSslModel(model_config_from_hparams(meta["config"]), meta["config"]["num_classes"])
-    model.load_state_dict({k[len("param/"):]: torch.from_numpy(arrays[k]) for k in arrays.files
+    model.load_state_dict({k[len("param/"):]: torch.from_numpy(arrays[k]) for k in arrays
                            if k.startswith("param/")}, strict=True)
     return arrays, model.eval()
 
 
 @pytest.fixture(scope="module")
 def golden():
-    return np.load(GOLDEN_CASES["tiny_case1"].with_suffix(".npz"))
+    return golden_arrays("zipformer_ssl_tiny_case1")
 
 
 @pytest.fixture(scope="module")

@@ -1,17 +1,30 @@
 #!/usr/bin/env python
-"""Write a golden case of the *original* k2SSL Zipformer SSL model, like ``shared/golden``'s tiny case.
+"""Run the *original* k2SSL Zipformer SSL model (icefall's code) to make or re-make a golden case.
 
-Runs icefall's own ``hubert_ce.HubertModel`` (eval mode, float32, no_grad) on a fixed waveform and
-stores its weights, the input and its outputs (CNN, encoder input, every stack, encoder, logits) in
-``<name>.npz`` with the config in ``<name>.json``. It needs a checkout of k2-fsa/icefall (not part of
-this repository): pass ``--icefall`` the folder holding ``egs/librispeech/SSL/zipformer`` and
-``egs/librispeech/ASR/zipformer/scaling.py``. icefall's ``scaling.py`` imports ``k2`` for its
+Runs icefall's own ``hubert_ce.HubertModel`` (eval mode, float32, no_grad) on a waveform and stores
+its weights, the input and its outputs (CNN, encoder input, every stack, encoder, logits) in
+``<out>/<name>.npz`` with the config in ``<out>/<name>.json``. It needs a checkout of k2-fsa/icefall
+(not part of this repository; the golden files come from commit 36e0420c7e3e): pass ``--icefall`` the
+folder holding ``egs/librispeech/SSL/zipformer`` and ``egs/librispeech/ASR`` (a plain ``git clone``;
+the recipe's files are symlinks into the ASR recipes). icefall's ``scaling.py`` imports ``k2`` for its
 training-time Swoosh kernels and ``icefall.utils`` for ``torch_autocast``; the eval-mode forward
 calls neither k2 function, so both are stood in by modules whose k2 functions raise if called.
 
-    python tests/golden/make_icefall_case.py --icefall /path/to/icefall --name per_stack_heads
+A new case, its weights made from a seed (constructor, then ``_perturb_constants``):
 
-Cases:
+    python tests/golden/make_icefall_case.py --icefall $ICEFALL --name per_stack_heads --out tests/golden
+
+A stored case re-run: its stored weights and input through icefall's model; prints, per output, the
+largest difference from the stored one (``--recompute`` reads the case as the tests do):
+
+    python tests/golden/make_icefall_case.py --icefall $ICEFALL --recompute zipformer_ssl_tiny_case1 --out $WORK
+
+A stored state-dict listing checked: icefall's model built from the listing's config, its entries
+(key, shape, dtype, in order) and parameter count compared with the listing:
+
+    python tests/golden/make_icefall_case.py --icefall $ICEFALL --listing base
+
+Cases made here:
   per_stack_heads: per-stack query/value/positional head dimensions, the widest stack in the middle
   (encoder_dim 32,48,80,64,48,32), 8-head stacks.
 """
@@ -24,13 +37,16 @@ import subprocess
 import sys
 import types
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Tuple
 
 import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
-BASE_CONFIG = HERE.parents[2] / "shared" / "golden" / "zipformer_ssl_tiny_case1.json"
+sys.path.insert(0, str(HERE.parent))
+from helpers import ZIPFORMER_GOLDEN_TOLERANCE, array_digest, golden_arrays  # noqa: E402
+
+BASE_CONFIG = HERE / "zipformer_ssl_tiny_case1.json"
 
 CASES: Dict[str, Dict[str, object]] = {
     "per_stack_heads": {
@@ -83,29 +99,35 @@ def _perturb_constants(model: torch.nn.Module, rng: np.random.Generator) -> None
             param.copy_(torch.from_numpy(np.asarray(value, dtype=np.float32)))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--icefall", type=Path, required=True, help="icefall checkout")
-    parser.add_argument("--name", choices=sorted(CASES), required=True)
-    args = parser.parse_args()
-    ssl_dir = args.icefall / "egs" / "librispeech" / "SSL" / "zipformer"
-    sys.path[:0] = [str(ssl_dir), str(args.icefall / "egs" / "librispeech" / "ASR" / "zipformer")]
-    _stand_ins()
-    from hubert_ce import HubertModel  # icefall's, from the checkout
-
-    config = {**json.loads(BASE_CONFIG.read_text())["config"], **CASES[args.name]}
+def seeded_case(hubert_model: type, name: str) -> Tuple[torch.nn.Module, np.ndarray, dict]:
+    """A new case: the model built from ``SEED``, its constants perturbed, and a two-tone waveform."""
+    config = {**json.loads(BASE_CONFIG.read_text())["config"], **CASES[name]}
     torch.manual_seed(SEED)
     np.random.seed(SEED)
     random.seed(SEED)
-    model = HubertModel(argparse.Namespace(**config))
+    model = hubert_model(argparse.Namespace(**config))
     rng = np.random.default_rng(SEED)
     _perturb_constants(model, rng)
-    model.eval()
-
     t = np.arange(24000) / 16000
     wav = np.stack([0.3 * np.sin(2 * np.pi * 220 * t) + 0.2 * np.sin(2 * np.pi * 1375 * t),
                     0.25 * np.sin(2 * np.pi * 330 * t) + 0.15 * np.sin(2 * np.pi * 2100 * t)])
     wav = (wav * np.hanning(24000) + 0.02 * rng.standard_normal(wav.shape)).astype(np.float32)
+    return model, wav, {"construction_seed": SEED, "config": config}
+
+
+def stored_case(hubert_model: type, name: str) -> Tuple[torch.nn.Module, np.ndarray, dict]:
+    """A stored case: the model built from its JSON config with its stored weights, and its input."""
+    config = json.loads((HERE / f"{name}.json").read_text())["config"]
+    arrays = golden_arrays(name, HERE)
+    model = hubert_model(argparse.Namespace(**config))
+    model.load_state_dict({k[len("param/"):]: torch.from_numpy(v) for k, v in arrays.items()
+                           if k.startswith("param/")}, strict=True)
+    return model, arrays["input/wav"], {"recomputed_from": name, "config": config}
+
+
+def run_model(model: torch.nn.Module, wav: np.ndarray) -> Dict[str, np.ndarray]:
+    """The model's weights, the input and every output the golden tests compare."""
+    model.eval()
     source = torch.from_numpy(wav)
     stacks: Dict[int, torch.Tensor] = {}
     hooks = [stack.register_forward_hook(lambda module, inputs, output, i=i: stacks.__setitem__(i, output))
@@ -120,16 +142,66 @@ def main() -> None:
     arrays.update({"input/wav": wav, "out/cnn": cnn.numpy(), "out/features": res["features"].numpy(),
                    "out/encoder": res["x"].numpy(), "out/logits": logits.numpy()})
     arrays.update({f"out/stack{i}": out.transpose(0, 1).numpy() for i, out in stacks.items()})
-    np.savez_compressed(HERE / f"{args.name}.npz", **arrays)
+    return arrays
+
+
+def report_differences(arrays: Dict[str, np.ndarray], stored: Dict[str, np.ndarray]) -> bool:
+    """Print each output's max |diff| / max |stored|; True if all are within the tests' tolerance."""
+    within = True
+    for key in sorted(k for k in stored if k.startswith("out/")):
+        error = float(np.abs(arrays[key] - stored[key]).max() / np.abs(stored[key]).max())
+        within &= error <= ZIPFORMER_GOLDEN_TOLERANCE
+        print(f"{key}: {'bitwise identical' if error == 0 else f'max |diff| / max |stored| = {error:.2e}'}")
+    return within
+
+
+def check_listing(hubert_model: type, size: str) -> bool:
+    """Build icefall's model from a stored state-dict listing's config; print and compare its keys,
+    shapes, dtypes and parameter count with the listing."""
+    listing = json.loads((HERE / f"zipformer_ssl_{size}_state_dict.json").read_text())
+    model = hubert_model(argparse.Namespace(**listing["config"]))
+    built = [(k, list(v.shape), str(v.dtype).replace("torch.", "")) for k, v in model.state_dict().items()]
+    stored = [(e["key"], e["shape"], e["dtype"]) for e in listing["state_dict"]]
+    total = sum(p.numel() for p in model.parameters())
+    print(f"{size}: {len(built)} state_dict entries ({len(stored)} listed), {total:,} parameters "
+          f"({listing['total_params']:,} listed), entries {'identical' if built == stored else 'DIFFER'}")
+    return built == stored and total == listing["total_params"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--icefall", type=Path, required=True, help="icefall checkout")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--name", choices=sorted(CASES), help="make this case from its seed")
+    which.add_argument("--recompute", metavar="CASE", help="re-run a case stored beside this script")
+    which.add_argument("--listing", choices=("base", "large"), help="check a stored state-dict listing")
+    parser.add_argument("--out", type=Path, help="folder to write <case>.npz and <case>.json to")
+    args = parser.parse_args()
+    if args.out is None and not args.listing:
+        parser.error("--name and --recompute write a case: give --out")
+    ssl_dir = args.icefall / "egs" / "librispeech" / "SSL" / "zipformer"
+    sys.path[:0] = [str(ssl_dir), str(args.icefall / "egs" / "librispeech" / "ASR" / "zipformer")]
+    _stand_ins()
+    from hubert_ce import HubertModel  # icefall's, from the checkout
+
+    if args.listing:
+        sys.exit(0 if check_listing(HubertModel, args.listing) else f"{args.listing}: the listing differs")
+    name = args.name or args.recompute
+    model, wav, meta = (seeded_case if args.name else stored_case)(HubertModel, name)
+    arrays = run_model(model, wav)
+    args.out.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(args.out / f"{name}.npz", **arrays)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=args.icefall, capture_output=True, text=True).stdout
-    (HERE / f"{args.name}.json").write_text(json.dumps({
-        "case": args.name, "icefall_commit": commit.strip() or "unknown",
-        "model": "icefall egs/librispeech/SSL/zipformer hubert_ce.HubertModel", "construction_seed": SEED,
-        "config": config, "num_params": sum(p.numel() for p in model.parameters()),
-        "torch": torch.__version__, "command": " ".join(sys.argv),
+    (args.out / f"{name}.json").write_text(json.dumps({
+        "case": name, "icefall_commit": commit.strip() or "unknown",
+        "model": "icefall egs/librispeech/SSL/zipformer hubert_ce.HubertModel", **meta,
+        "num_params": sum(p.numel() for p in model.parameters()), "torch": torch.__version__,
+        "command": " ".join(sys.argv),
         "shapes": {k: list(v.shape) for k, v in arrays.items() if not k.startswith("param/")},
     }, indent=2) + "\n")
-    print(f"wrote {HERE / args.name}.npz/.json: {len(arrays)} arrays")
+    print(f"wrote {args.out / name}.npz/.json: {len(arrays)} arrays, array digest {array_digest(arrays)}")
+    if args.recompute and not report_differences(arrays, golden_arrays(name, HERE)):
+        sys.exit(f"{name}: icefall's outputs differ from the stored ones by more than the tests' tolerance")
 
 
 if __name__ == "__main__":
