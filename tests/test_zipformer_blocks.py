@@ -21,8 +21,10 @@ from k2ssl_fairseq.models.zipformer.positional import relative_position_table
 from k2ssl_fairseq.models.zipformer.regularizers import (
     Balancer,
     Whiten,
+    balancer_gradient,
     limit_param_value,
     penalize_abs_values_gt,
+    whitening_gradient,
     whitening_metric,
 )
 from k2ssl_fairseq.models.zipformer.schedules import ScheduledFloat, set_batch_count
@@ -92,6 +94,49 @@ def test_balancer_changes_only_gradient():
     assert bool((changed[:3] > 0).all())  # too small, too large, too often positive
     balancer.eval()
     assert balancer(x) is x
+
+
+def _balancer_loss_gradient_by_autograd(x, limits, channel_dim):
+    """k2SSL's Balancer: autograd through its range-violation loss, normalised to RMS grad_scale per channel."""
+    min_mean, max_mean, min_rms, max_rms, grad_scale = limits
+    other_dims = [d for d in range(x.ndim) if d != channel_dim]
+    x = x.detach().requires_grad_(True)
+    mean_square = (x * x).mean(dim=other_dims, keepdim=True)
+    mean = x.mean(dim=other_dims, keepdim=True)
+    std = (mean_square - mean * mean).clamp(min=1.0e-20).sqrt()
+    rms = mean_square.clamp(min=1.0e-20).sqrt()
+    ratio = mean / std
+    loss = (ratio - ratio.clamp(min=min_mean, max=max_mean)).abs() + (rms.clamp(min=min_rms, max=max_rms) / rms).log().abs()
+    (grad,) = torch.autograd.grad(loss.sum(), x)
+    return grad * (grad_scale / (grad * grad).mean(dim=other_dims, keepdim=True).sqrt().clamp(min=1.0e-20))
+
+
+@pytest.mark.parametrize("channel_dim", [-1, 1])
+def test_balancer_gradient_written_out_equals_autograd_of_its_loss(channel_dim):
+    """Every case of the loss: mean/std below, inside and above its range, rms below, inside and
+    above, and an all-zero channel (std and rms clamped). (A constant non-zero channel is left out:
+    there k2SSL's ``mean(x^2) - mean^2`` is rounding noise, so its gradient is too.)"""
+    torch.manual_seed(0)
+    x = torch.randn(40, 8, 3, dtype=torch.float64)
+    scale = torch.tensor([0.01, 0.5, 1.0, 30.0, 1.0, 1.0, 0.1, 1.0], dtype=torch.float64)
+    shift = torch.tensor([0.0, 0.0, 2.0, 0.0, -2.0, 0.1, 5.0, 0.0], dtype=torch.float64)
+    x = x * scale[:, None] + shift[:, None]
+    x[:, 7] = 0.0  # all zero
+    x = x.movedim(1, channel_dim % 3)
+    limits = (-0.5, 0.5, 0.3, 4.0, 0.04)
+    expected = _balancer_loss_gradient_by_autograd(x, limits, channel_dim % 3)
+    torch.testing.assert_close(balancer_gradient(x, limits, channel_dim % 3), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_whitening_gradient_written_out_equals_autograd_of_the_metric():
+    torch.manual_seed(0)
+    for groups in (1, 4):
+        x = (torch.randn(3, 50, 16, dtype=torch.float64) @ torch.randn(16, 16, dtype=torch.float64)).requires_grad_(True)
+        metric, grad = whitening_gradient(x.detach(), groups)
+        reference = whitening_metric(x, groups)
+        (expected,) = torch.autograd.grad(reference, x)
+        torch.testing.assert_close(metric, reference.detach(), rtol=1e-12, atol=0)
+        torch.testing.assert_close(grad, expected, rtol=1e-9, atol=1e-14)
 
 
 def test_whiten_changes_only_gradient_when_over_limit():
@@ -190,22 +235,20 @@ def test_bypass_skips_whole_sequences_only_in_training():
     torch.testing.assert_close(bypass(orig, x), torch.full((2, 4, 3), 0.5))
 
 
-def test_a_unit_is_kept_only_when_its_draw_exceeds_the_rate(monkeypatch):
+def test_a_unit_is_kept_only_when_its_draw_exceeds_the_rate():
     """k2SSL's tie rule: keep when ``rand > p`` (a draw of exactly ``p`` drops)."""
     from k2ssl_fairseq.models.zipformer.layers import sequence_keep_mask
 
-    def draws_of_a_quarter(*size, **kwargs):
-        size = tuple(size[0]) if len(size) == 1 and not isinstance(size[0], int) else size
-        return torch.full(size, 0.25)
-
+    quarters = torch.full((4, 1), 0.25)
+    assert sequence_keep_mask(0.25, quarters).sum() == 0
+    assert sequence_keep_mask(0.2, quarters).sum() == 4
+    assert sequence_keep_mask(0.0, quarters) is None  # a host rate of 0: nothing to drop
+    assert sequence_keep_mask(torch.tensor(0.0), quarters).sum() == 4  # a device rate: always a mask
     x = torch.zeros(3, 4, 8)
-    monkeypatch.setattr(torch, "rand", draws_of_a_quarter)
-    assert sequence_keep_mask(x, 0.25).sum() == 0
-    assert sequence_keep_mask(x, 0.2).sum() == 4
     layer = ActivationDropoutLinear(8, 8, "swoosh_l", dropout=0.25).train()
-    assert not layer._dropout_mask(x).any()
+    assert not layer._dropout_mask(x, torch.full((1, 4, 8), 0.25)).any()
     layer.dropout = 0.2
-    assert layer._dropout_mask(x).all()
+    assert layer._dropout_mask(x, torch.full((1, 4, 8), 0.25)).all()
 
 
 def test_whiten_probability_follows_updates_and_is_saved():

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .linear import scaled_linear
-from .schedules import FloatLike, scheduled
+from .schedules import FloatLike, current, scheduled
 
 # (offset, constant) of each Swoosh: f(x) = softplus(x - offset) - 0.08 x - constant.
 SWOOSH_SHAPES = {"swoosh_l": (4.0, 0.035), "swoosh_r": (1.0, 0.313261687)}
@@ -108,19 +108,23 @@ class ActivationDropoutLinear(nn.Module):
         self.dropout = scheduled(dropout)
         self.dropout_shared_dim = dropout_shared_dim
 
-    def _dropout_mask(self, x: Tensor) -> Optional[Tensor]:
-        rate = float(self.dropout) if self.training else 0.0
-        if rate == 0.0:
+    def _dropout_mask(self, x: Tensor, draws: Optional[Tensor] = None) -> Optional[Tensor]:
+        """The scaled keep mask (a unit is kept when its draw is ``> rate``, k2SSL's tie rule), or
+        None when a host rate is 0. ``draws``: U[0, 1) of the mask's shape (None: drawn here)."""
+        rate = current(self.dropout) if self.training else 0.0
+        if isinstance(rate, float) and rate == 0.0:
             return None
-        shape = list(x.shape)
-        if self.dropout_shared_dim is not None:
-            shape[self.dropout_shared_dim] = 1
-        keep = torch.rand(shape, device=x.device) > rate  # k2SSL's tie rule
-        return keep.to(x.dtype) * (1.0 / (1.0 - rate))
+        if draws is None:
+            shape = list(x.shape)
+            if self.dropout_shared_dim is not None:
+                shape[self.dropout_shared_dim] = 1
+            draws = torch.rand(shape, device=x.device)
+        return (draws > rate).to(x.dtype) * (1.0 / (1.0 - rate))
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Args: x: ``(..., in_features)``. Returns: ``(..., out_features)``."""
-        mask = self._dropout_mask(x)
+    def forward(self, x: Tensor, dropout_draws: Optional[Tensor] = None) -> Tensor:
+        """Args: x: ``(..., in_features)``; dropout_draws: U[0, 1) draws of the dropout mask's shape
+        (None: drawn here). Returns: ``(..., out_features)``."""
+        mask = self._dropout_mask(x, dropout_draws)
         if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
             return _SwooshDropoutLinear.apply(x, self.weight, self.bias, self.activation, mask)
         hidden = swoosh(x, self.activation)

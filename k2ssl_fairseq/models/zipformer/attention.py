@@ -8,14 +8,14 @@ role). The layer then reuses them in ``NonlinAttention`` (first head only) and i
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .linear import scaled_linear
 from .regularizers import Balancer, Whiten, penalize_abs_values_gt, whitening_schedule
-from .schedules import FloatLike, ScheduledFloat, random_uniform, scheduled
+from .schedules import Draw, FloatLike, ScheduledFloat, current, own_draw, scheduled
 
 # Score given to padded keys: exp(-1000 - max) is exactly 0 in float32 and float16.
 _MASKED_SCORE = -1000.0
@@ -29,16 +29,16 @@ def relative_to_absolute(scores: Tensor) -> Tensor:
             ``n - (query - 1)``.
 
     Returns:
-        A strided view ``(head, batch, query, key)`` with ``out[..., i, j] = scores[..., i,
-        (query - 1) - i + j]``, i.e. the score for offset ``j - i``.
+        A view ``(head, batch, query, key)`` with ``out[..., i, j] = scores[..., i, (query - 1) - i +
+        j]``, i.e. the score for offset ``j - i``: in the flattened rows that is element
+        ``(query - 1) + i (2 query - 2) + j``, so the view skips ``query - 1`` elements and reads rows
+        of ``2 query - 2`` (views only: no strides read, so it also traces under ``torch.compile``).
     """
-    heads, batch, frames, _ = scores.shape
-    s_head, s_batch, s_query, s_offset = scores.stride()
-    return scores.as_strided(
-        (heads, batch, frames, frames),
-        (s_head, s_batch, s_query - s_offset, s_offset),
-        storage_offset=scores.storage_offset() + (frames - 1) * s_offset,
-    )
+    heads, batch, frames, width = scores.shape
+    if frames == 1:
+        return scores
+    flat = scores.reshape(heads, batch, frames * width)[..., frames - 1 : frames - 1 + frames * (width - 1)]
+    return flat.reshape(heads, batch, frames, width - 1)[..., :frames]
 
 
 class RelPositionAttentionWeights(nn.Module):
@@ -91,7 +91,12 @@ class RelPositionAttentionWeights(nn.Module):
         )
         self.linear_pos = scaled_linear(pos_dim, num_heads * pos_head_dim, bias=False, initial_scale=0.05)
 
-    def forward(self, x: Tensor, pos_emb: Tensor, key_padding_mask: Optional[Tensor] = None) -> Tensor:
+    #: Draws of one pass: the key balancer's and whitener's, leaving out the positional scores
+    #: (when ``>= pos_emb_skip_rate`` they are kept), the score penalty (acts when ``< 0.1``).
+    NUM_DECISIONS = 4
+
+    def forward(self, x: Tensor, pos_emb: Tensor, key_padding_mask: Optional[Tensor] = None,
+                draws: Sequence[Optional[Draw]] = (None, None, None, None)) -> Tensor:
         """Compute the attention weights.
 
         Args:
@@ -99,6 +104,7 @@ class RelPositionAttentionWeights(nn.Module):
             pos_emb: ``(2 * frame - 1, pos_dim)`` from ``CompactRelPositionalEncoding``.
             key_padding_mask: ``(batch, frame)`` bool, True for padded frames (never attended
                 to), or None.
+            draws: this pass's ``NUM_DECISIONS`` draws in training mode (None: drawn here).
 
         Returns:
             ``(head, batch, query_frame, key_frame)``; each row sums to 1.
@@ -107,22 +113,26 @@ class RelPositionAttentionWeights(nn.Module):
         heads, qdim, pdim = self.num_heads, self.query_head_dim, self.pos_head_dim
         projected = self.in_proj(x)
         query = projected[..., : heads * qdim]
-        key = self.whiten_keys(self.balance_keys(projected[..., heads * qdim : 2 * heads * qdim]))
+        key = projected[..., heads * qdim : 2 * heads * qdim]
+        key = self.whiten_keys(self.balance_keys(key, draws[0]), draws[1])
         pos_query = projected[..., 2 * heads * qdim :]
 
         query = query.reshape(frames, batch, heads, qdim).permute(2, 1, 0, 3)
         key = key.reshape(frames, batch, heads, qdim).permute(2, 1, 3, 0)
         scores = torch.matmul(query, key)
 
-        if not self.training or random_uniform() >= float(self.pos_emb_skip_rate):
+        use_pos = True
+        if self.training:
+            use_pos = own_draw(draws[2]) >= current(self.pos_emb_skip_rate)
+        if use_pos is not False:
             pos_keys = self.linear_pos(pos_emb).reshape(2 * frames - 1, heads, pdim).permute(1, 2, 0)
             pos_query = pos_query.reshape(frames, batch, heads, pdim).permute(2, 1, 0, 3)
-            pos_scores = torch.matmul(pos_query, pos_keys.unsqueeze(1)).contiguous()
-            scores = scores + relative_to_absolute(pos_scores)
+            pos_scores = relative_to_absolute(torch.matmul(pos_query, pos_keys.unsqueeze(1)).contiguous())
+            scores = scores + (pos_scores if use_pos is True else torch.where(use_pos, pos_scores, 0.0))
 
-        if self.training and random_uniform() < 0.1:
-            # Fail-safe against implausibly large scores (k2SSL: limit 25, penalty 1e-4).
-            scores = penalize_abs_values_gt(scores, limit=25.0, penalty=1.0e-4)
+        if self.training:
+            # Fail-safe against implausibly large scores (k2SSL: limit 25, penalty 1e-4, 10 % of passes).
+            scores = penalize_abs_values_gt(scores, limit=25.0, penalty=1.0e-4, fire=own_draw(draws[3]) < 0.1)
 
         if key_padding_mask is not None:
             scores = scores.masked_fill(key_padding_mask[None, :, None, :], _MASKED_SCORE)
@@ -149,8 +159,9 @@ class SelfAttention(nn.Module):
             grad_scale=0.01,
         )
 
-    def forward(self, x: Tensor, attn_weights: Tensor) -> Tensor:
-        """Args: x: ``(frame, batch, embed_dim)``; attn_weights: ``(head, batch, frame, frame)``.
+    def forward(self, x: Tensor, attn_weights: Tensor, draw: Optional[Draw] = None) -> Tensor:
+        """Args: x: ``(frame, batch, embed_dim)``; attn_weights: ``(head, batch, frame, frame)``;
+        draw: the output whitener's draw.
 
         Returns: ``(frame, batch, embed_dim)``.
         """
@@ -159,7 +170,7 @@ class SelfAttention(nn.Module):
         values = self.in_proj(x).reshape(frames, batch, heads, -1).permute(2, 1, 0, 3)
         attended = torch.matmul(attn_weights, values)
         attended = attended.permute(2, 1, 0, 3).reshape(frames, batch, -1)
-        return self.whiten(self.out_proj(attended))
+        return self.whiten(self.out_proj(attended), draw)
 
 
 class NonlinAttention(nn.Module):
@@ -196,12 +207,16 @@ class NonlinAttention(nn.Module):
             grad_scale=0.01,
         )
 
-    def forward(self, x: Tensor, attn_weights: Tensor) -> Tensor:
-        """Args: x: ``(frame, batch, channels)``; attn_weights: ``(batch, frame, frame)``, one head.
+    #: Draws of one pass: the gate balancer's and the two whiteners'.
+    NUM_DECISIONS = 3
+
+    def forward(self, x: Tensor, attn_weights: Tensor, draws: Sequence[Optional[Draw]] = (None, None, None)) -> Tensor:
+        """Args: x: ``(frame, batch, channels)``; attn_weights: ``(batch, frame, frame)``, one head;
+        draws: this pass's ``NUM_DECISIONS`` draws.
 
         Returns: ``(frame, batch, channels)``.
         """
         gate, values, post_gate = self.in_proj(x).chunk(3, dim=-1)
-        values = self.whiten1(values) * torch.tanh(self.balancer(gate))
+        values = self.whiten1(values, draws[1]) * torch.tanh(self.balancer(gate, draws[0]))
         attended = torch.bmm(attn_weights, values.transpose(0, 1)).transpose(0, 1)
-        return self.whiten2(self.out_proj(attended * post_gate))
+        return self.whiten2(self.out_proj(attended * post_gate), draws[2])

@@ -73,7 +73,8 @@ class Zipformer2Stack(nn.Module):
         pos_emb = self.encoder_pos(x.shape[0], x)
         x = x * feature_mask
         for layer in self.layers:
-            x = layer(x, pos_emb, padding_mask) * feature_mask
+            draws = layer.draw(x) if self.training else None
+            x = layer(x, pos_emb, padding_mask, draws) * feature_mask
         return x
 
 
@@ -106,7 +107,7 @@ class SimpleDownsample(nn.Module):
         extra = groups * self.factor - frames
         if extra:
             x = torch.cat((x, x[-1:].expand(extra, batch, channels)), dim=0)
-        if lengths is not None and bool((lengths < frames).any()):
+        if lengths is not None:  # a sequence shorter than the batch: its group completed with its own last frame
             last_valid = x[(lengths - 1).clamp(min=0), torch.arange(batch, device=x.device)]
             valid = torch.arange(x.shape[0], device=x.device).unsqueeze(1) < lengths.unsqueeze(0)
             x = torch.where(valid.unsqueeze(-1), x, last_valid.unsqueeze(0))
@@ -148,7 +149,7 @@ class DownsampledZipformer2Stack(nn.Module):
     ) -> Tensor:
         """Same contract as ``Zipformer2Stack.forward``; the output is at the input frame rate."""
         lengths = None if padding_mask is None else (~padding_mask).sum(dim=1)
-        reduced_mask = None if padding_mask is None else padding_mask[:, :: self.factor]
+        reduced_mask = None if padding_mask is None else padding_mask[:, :: self.factor].contiguous()
         reduced = self.encoder(self.downsample(x, lengths), reduced_mask, feature_mask)
         return self.out_combiner(x, upsample(reduced, self.factor, x.shape[0]))
 
@@ -274,6 +275,10 @@ class Zipformer2(nn.Module):
         self.encoders = nn.ModuleList(stacks)
         self.downsample_output = SimpleDownsample(1)  # unused, see the class docstring
 
+    def layers(self) -> List[Zipformer2EncoderLayer]:
+        """Every encoder layer, stack by stack."""
+        return [module for module in self.modules() if isinstance(module, Zipformer2EncoderLayer)]
+
     @property
     def output_dim(self) -> int:
         """Channels of the encoder output, ``max(encoder_dim)``."""
@@ -354,8 +359,6 @@ class Zipformer2(nn.Module):
                     f"got {tuple(padding_mask.shape)}"
                 )
             lengths = (~padding_mask).sum(dim=1)
-            if not bool(padding_mask.any()):
-                padding_mask = None
         else:
             lengths = torch.full((batch,), frames, dtype=torch.long, device=x.device)
 

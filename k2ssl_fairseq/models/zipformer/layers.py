@@ -3,11 +3,15 @@
 All tensors are ``(frame, batch, channel)``. Padded frames (``padding_mask`` True) are never
 attended to and are zeroed before every depthwise convolution, so valid frames do not depend on
 what the batch is padded with.
+
+A training-mode pass of a layer draws nothing itself: its random numbers (``LayerDraws``) are drawn
+before it runs, so the pass is the same code whether it runs eagerly or compiled, and given the
+same draws it gives the same numbers either way.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, NamedTuple, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -17,15 +21,31 @@ from .activations import ActivationDropoutLinear
 from .attention import NonlinAttention, RelPositionAttentionWeights, SelfAttention
 from .norms import BiasNorm
 from .regularizers import Balancer, Whiten, limit_param_value, whitening_schedule
-from .schedules import FloatLike, ScheduledFloat, scheduled
+from .schedules import Draw, FloatLike, ScheduledFloat, current, scheduled
 
 
-def sequence_keep_mask(x: Tensor, drop_rate: float) -> Optional[Tensor]:
-    """Per-sequence 0/1 factor ``(batch, 1)`` that drops whole sequences with ``drop_rate``, or
-    None when nothing is dropped. A sequence is kept when its draw is ``> drop_rate``, as in k2SSL."""
-    if drop_rate == 0.0:
+class LayerDraws(NamedTuple):
+    """The random numbers of one training-mode pass of a :class:`Zipformer2EncoderLayer`, U[0, 1).
+
+    Attributes:
+        decisions: one draw per yes/no decision (which regularisers act, whether positional scores
+            are left out): a list of floats (eager: decided on the host, no device op) or a tensor
+            (compiled: decided on the device), ``Zipformer2EncoderLayer.NUM_DECISIONS`` long.
+        sequences: ``(NUM_SEQUENCE_SKIPS, batch, 1)`` draws for the per-sequence module and layer skips.
+        dropout: ``(1, batch, dropout_width)`` draws for the three feed-forward dropout masks.
+    """
+
+    decisions: Union[List[float], Tensor]
+    sequences: Tensor
+    dropout: Tensor
+
+
+def sequence_keep_mask(drop_rate: Union[float, Tensor], draws: Tensor) -> Optional[Tensor]:
+    """Per-sequence 0/1 factor ``(batch, 1)`` that drops whole sequences with ``drop_rate``: a
+    sequence is kept when its draw is ``> drop_rate``, as in k2SSL. None when a host rate is 0."""
+    if isinstance(drop_rate, float) and drop_rate == 0.0:
         return None
-    return (torch.rand(x.shape[1], 1, device=x.device) > drop_rate).to(x.dtype)
+    return (draws > drop_rate).to(draws.dtype)
 
 
 def _apply_keep(x: Tensor, keep: Optional[Tensor]) -> Tensor:
@@ -54,8 +74,13 @@ class FeedforwardModule(nn.Module):
             num_groups=1, whitening_limit=whitening_schedule(7.5), prob=(0.025, 0.25), grad_scale=0.01
         )
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.out_whiten(self.out_proj(self.hidden_balancer(self.in_proj(x))))
+    #: Draws of one pass: the hidden balancer's and the output whitener's.
+    NUM_DECISIONS = 2
+
+    def forward(self, x: Tensor, draws: Sequence[Optional[Draw]] = (None, None),
+                dropout_draws: Optional[Tensor] = None) -> Tensor:
+        hidden = self.hidden_balancer(self.in_proj(x), draws[0])
+        return self.out_whiten(self.out_proj(hidden, dropout_draws), draws[1])
 
 
 class ConvolutionModule(nn.Module):
@@ -96,14 +121,19 @@ class ConvolutionModule(nn.Module):
         )
         self.out_proj = ActivationDropoutLinear(channels, channels, "swoosh_r", initial_scale=0.05)
 
-    def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
-        """Args: x: ``(frame, batch, channels)``; padding_mask: ``(batch, frame)`` or None.
+    #: Draws of one pass: the two balancers' and the whitener's.
+    NUM_DECISIONS = 3
+
+    def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None,
+                draws: Sequence[Optional[Draw]] = (None, None, None)) -> Tensor:
+        """Args: x: ``(frame, batch, channels)``; padding_mask: ``(batch, frame)`` or None;
+        draws: this pass's ``NUM_DECISIONS`` draws (None: the regularisers draw their own).
 
         Returns: ``(frame, batch, channels)``.
         """
         projected = self.in_proj(x)
         gate_input = projected[..., self.channels :]
-        balanced = self.balancer1(gate_input)
+        balanced = self.balancer1(gate_input, draws[0])
         if balanced is gate_input:
             gated = F.glu(projected, dim=-1)  # fused; stores only its input
         else:
@@ -111,8 +141,8 @@ class ConvolutionModule(nn.Module):
         gated = gated.permute(1, 2, 0)  # (batch, channels, frame)
         if padding_mask is not None:
             gated = gated.masked_fill(padding_mask.unsqueeze(1), 0.0)
-        convolved = self.balancer2(self.depthwise_conv(gated))
-        return self.out_proj(self.whiten(convolved.permute(2, 0, 1)))
+        convolved = self.balancer2(self.depthwise_conv(gated), draws[1])
+        return self.out_proj(self.whiten(convolved.permute(2, 0, 1), draws[2]))
 
 
 class BypassModule(nn.Module):
@@ -142,14 +172,18 @@ class BypassModule(nn.Module):
         self.scale_min = scheduled(scale_min)
         self.scale_max = scheduled(scale_max)
 
-    def forward(self, orig: Tensor, x: Tensor) -> Tensor:
-        """Args: orig, x: ``(frame, batch, channel)``. Returns: same shape."""
+    def forward(self, orig: Tensor, x: Tensor, limit_draw: Optional[Draw] = None,
+                skip_draws: Optional[Tensor] = None) -> Tensor:
+        """Args: orig, x: ``(frame, batch, channel)``; limit_draw: the draw for ``limit_param_value``;
+        skip_draws: ``(batch, 1)`` draws for the sequence skips (None: drawn here when it can skip).
+        Returns: same shape."""
         scale = self.bypass_scale
         if self.training:
-            scale = limit_param_value(scale, float(self.scale_min), float(self.scale_max))
-            keep = sequence_keep_mask(x, float(self.skip_rate))
-            if keep is not None:
-                scale = scale * keep
+            scale = limit_param_value(scale, current(self.scale_min), current(self.scale_max), limit_draw)
+            rate = current(self.skip_rate)
+            if not (isinstance(rate, float) and rate == 0.0):
+                draws = torch.rand(x.shape[1], 1, device=x.device) if skip_draws is None else skip_draws
+                scale = scale * sequence_keep_mask(rate, draws)
         dtype = torch.promote_types(orig.dtype, x.dtype)  # under autocast one may be fp32, the other not
         return torch.lerp(orig.to(dtype), x.to(dtype), scale.to(dtype))
 
@@ -252,29 +286,82 @@ class Zipformer2EncoderLayer(nn.Module):
             embed_dim, channel_dim=-1, min_positive=0.45, max_positive=0.55, min_abs=0.1, max_abs=4.0
         )
 
-    def _keep(self, x: Tensor, rate: ScheduledFloat) -> Optional[Tensor]:
-        return sequence_keep_mask(x, float(rate)) if self.training else None
+    #: Decision draws of one pass, in the order ``forward`` consumes them: the attention weights'
+    #: 4, three feed-forward modules' 2 each, the non-linear attention's 3, the two self-attentions'
+    #: 1 each, the two convolution modules' 3 each, the two bypasses' and the norm's parameter
+    #: limits, five balancers and the output whitener.
+    NUM_DECISIONS = 30
+    #: Per-sequence skip draws of one pass: attention, two convolutions, FF2, FF3, the whole layer.
+    NUM_SEQUENCE_SKIPS = 6
 
-    def forward(self, x: Tensor, pos_emb: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
+    @property
+    def dropout_width(self) -> int:
+        """Channels of the three feed-forward dropout masks together."""
+        return sum(ff.out_proj.weight.shape[1] for ff in (self.feed_forward1, self.feed_forward2, self.feed_forward3))
+
+    #: Whether training-mode calls run compiled (set by ``models.compiling.LayerCompiler.attach``).
+    compiled = False
+
+    def draw(self, x: Tensor, decisions_on_device: Optional[bool] = None) -> LayerDraws:
+        """Draw the random numbers of one training-mode pass over ``x`` (``(frame, batch, channel)``).
+
+        Decision draws come from the host generator: read on the host for an eager pass, copied to
+        the device for a compiled one (``decisions_on_device``, by default whether this layer is
+        ``compiled``); the per-sequence and dropout draws come from ``x``'s device's generator.
+        """
+        decisions = torch.rand(self.NUM_DECISIONS)
+        on_device = self.compiled if decisions_on_device is None else decisions_on_device
+        decisions = decisions.to(x.device, non_blocking=True) if on_device else decisions.tolist()
+        batch = x.shape[1]
+        return LayerDraws(decisions, torch.rand(self.NUM_SEQUENCE_SKIPS, batch, 1, device=x.device),
+                          torch.rand(1, batch, self.dropout_width, device=x.device))
+
+    def forward(self, x: Tensor, pos_emb: Tensor, padding_mask: Optional[Tensor] = None,
+                draws: Optional[LayerDraws] = None) -> Tensor:
         """Args:
             x: ``(frame, batch, embed_dim)``.
             pos_emb: ``(2 * frame - 1, pos_dim)``.
             padding_mask: ``(batch, frame)`` bool, True for padding, or None.
+            draws: this pass's random numbers in training mode (None: drawn here with ``draw``).
 
         Returns: ``(frame, batch, embed_dim)``.
         """
+        if self.training and draws is None:
+            draws = self.draw(x)
+        d = draws.decisions if self.training else _NO_DRAWS
+        attention_keep, conv1_keep, conv2_keep, ff2_keep, ff3_keep = self._module_keeps(draws)
+        dropout1, dropout2, dropout3 = self._dropout_draws(draws)
         orig = x
-        attn_weights = self.self_attn_weights(x, pos_emb, padding_mask)
-        x = x + self.feed_forward1(x)
-        attention_keep = self._keep(x, self.attention_skip_rate)
-        x = x + _apply_keep(self.balancer_na(self.nonlin_attention(x, attn_weights[0])), attention_keep)
-        x = x + _apply_keep(self.self_attn1(x, attn_weights), attention_keep)
-        x = x + _apply_keep(self.conv_module1(x, padding_mask), self._keep(x, self.conv_skip_rate))
-        x = x + _apply_keep(self.balancer_ff2(self.feed_forward2(x)), self._keep(x, self.ff2_skip_rate))
-        x = self.bypass_mid(orig, x)
-        x = x + _apply_keep(self.self_attn2(x, attn_weights), attention_keep)
-        x = x + _apply_keep(self.conv_module2(x, padding_mask), self._keep(x, self.conv_skip_rate))
-        x = x + _apply_keep(self.balancer_ff3(self.feed_forward3(x)), self._keep(x, self.ff3_skip_rate))
-        x = self.norm(self.balancer1(x))
-        x = self.bypass(orig, x)
-        return self.whiten(self.balancer2(x))
+        attn_weights = self.self_attn_weights(x, pos_emb, padding_mask, d[0:4])
+        x = x + self.feed_forward1(x, d[4:6], dropout1)
+        nonlin = self.nonlin_attention(x, attn_weights[0], d[6:9])
+        x = x + _apply_keep(self.balancer_na(nonlin, d[9]), attention_keep)
+        x = x + _apply_keep(self.self_attn1(x, attn_weights, d[10]), attention_keep)
+        x = x + _apply_keep(self.conv_module1(x, padding_mask, d[11:14]), conv1_keep)
+        x = x + _apply_keep(self.balancer_ff2(self.feed_forward2(x, d[14:16], dropout2), d[16]), ff2_keep)
+        x = self.bypass_mid(orig, x, d[17])
+        x = x + _apply_keep(self.self_attn2(x, attn_weights, d[18]), attention_keep)
+        x = x + _apply_keep(self.conv_module2(x, padding_mask, d[19:22]), conv2_keep)
+        x = x + _apply_keep(self.balancer_ff3(self.feed_forward3(x, d[22:24], dropout3), d[24]), ff3_keep)
+        x = self.norm(self.balancer1(x, d[25]), d[26])
+        x = self.bypass(orig, x, d[27], None if draws is None else draws.sequences[5])
+        return self.whiten(self.balancer2(x, d[28]), d[29])
+
+    def _module_keeps(self, draws: Optional[LayerDraws]) -> List[Optional[Tensor]]:
+        """Per-sequence keep factors of the attention modules (one for all three), the two
+        convolutions, FF2 and FF3 (the whole layer's skip is the bypass's)."""
+        rates = (self.attention_skip_rate, self.conv_skip_rate, self.conv_skip_rate, self.ff2_skip_rate,
+                 self.ff3_skip_rate)
+        if draws is None:
+            return [None] * len(rates)
+        return [sequence_keep_mask(current(rate), draws.sequences[i]) for i, rate in enumerate(rates)]
+
+    def _dropout_draws(self, draws: Optional[LayerDraws]) -> tuple:
+        if draws is None:
+            return None, None, None
+        widths = [ff.out_proj.weight.shape[1] for ff in (self.feed_forward1, self.feed_forward2, self.feed_forward3)]
+        return tuple(draws.dropout.split(widths, dim=-1))
+
+
+#: Decisions of a pass that draws nothing (eval mode): every unit is off there.
+_NO_DRAWS: List[None] = [None] * Zipformer2EncoderLayer.NUM_DECISIONS

@@ -7,10 +7,13 @@ output gain. A custom autograd function keeps only the input and one scale per f
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor, nn
 
 from .regularizers import limit_param_value
+from .schedules import Draw
 
 
 class _BiasNormFunction(torch.autograd.Function):
@@ -60,11 +63,12 @@ class BiasNorm(nn.Module):
         self.log_scale_min = log_scale_min
         self.log_scale_max = log_scale_max
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Args: x: ``(..., num_channels)``. Returns: same shape."""
+    def forward(self, x: Tensor, limit_draw: Optional[Draw] = None) -> Tensor:
+        """Args: x: ``(..., num_channels)``; limit_draw: the draw for ``limit_param_value``.
+        Returns: same shape."""
         if x.shape[-1] != self.num_channels:
             raise ValueError(f"BiasNorm expects {self.num_channels} channels, got shape {tuple(x.shape)}")
         log_scale = self.log_scale
         if self.training:
-            log_scale = limit_param_value(log_scale, self.log_scale_min, self.log_scale_max)
+            log_scale = limit_param_value(log_scale, self.log_scale_min, self.log_scale_max, limit_draw)
         return _BiasNormFunction.apply(x, self.bias, log_scale)

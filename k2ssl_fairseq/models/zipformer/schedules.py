@@ -3,7 +3,8 @@
 Zipformer2 anneals most of its regularisation (dropout, skip rates, balancer limits, whitening
 limits) over the first tens of thousands of batches. Each such value is a ``ScheduledFloat``
 registered as a sub-module, so ``.train()``/``.eval()`` reach it and ``set_batch_count`` can push
-the step into all of them at once.
+the step into all of them at once. Random yes/no decisions take a ``Draw``: one U[0, 1) number,
+drawn by the caller before the code that uses it runs (``layers.LayerDraws``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import Optional, Tuple, Union
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 
 class ScheduledFloat(nn.Module):
@@ -19,7 +20,10 @@ class ScheduledFloat(nn.Module):
 
     The value is the schedule at ``batch_count`` in training mode, and ``default`` in eval mode or
     while no batch count has been set (as in k2SSL, where eval mode disables every scheduled
-    regulariser). Read it with ``float(value)``.
+    regulariser). It is worked out when the batch count or the mode changes, never when read, and
+    kept twice: as a Python float (``float(value)``: eager code decides on the host, no device op)
+    and as the 0-d buffer ``tensor`` (what compiled code reads, so a new value needs no recompile).
+    Read it with :func:`current`.
 
     Args:
         *points: ``(batch_count, value)`` pairs with strictly increasing batch counts; values are
@@ -37,6 +41,8 @@ class ScheduledFloat(nn.Module):
         self.points = [(x, float(y)) for x, (_, y) in zip(xs, points)]
         self.default = float(default)
         self.batch_count: Optional[float] = None
+        self.value = self.default
+        self.register_buffer("tensor", torch.tensor(self.default), persistent=False)
 
     def extra_repr(self) -> str:
         return f"points={self.points}, default={self.default}, batch_count={self.batch_count}"
@@ -53,13 +59,42 @@ class ScheduledFloat(nn.Module):
                 return ya + (yb - ya) * (batch_count - xa) / (xb - xa)
         raise AssertionError("unreachable: batch_count lies inside the schedule")
 
+    def set_batch_count(self, batch_count: Optional[float]) -> None:
+        self.batch_count = None if batch_count is None else float(batch_count)
+        self._refresh()
+
+    def train(self, mode: bool = True) -> "ScheduledFloat":
+        super().train(mode)
+        self._refresh()
+        return self
+
+    def _refresh(self) -> None:
+        value = self.default if not self.training or self.batch_count is None else self.value_at(self.batch_count)
+        if value != self.value:
+            self.value = value
+            with torch.no_grad():
+                self.tensor.fill_(value)
+
     def __float__(self) -> float:
-        if not self.training or self.batch_count is None:
-            return self.default
-        return self.value_at(self.batch_count)
+        return self.value
 
 
 FloatLike = Union[float, ScheduledFloat]
+#: One U[0, 1) draw: a Python float where eager code decides on the host, a 0-d tensor in compiled code.
+Draw = Union[float, Tensor]
+
+
+def current(value: FloatLike) -> Union[float, Tensor]:
+    """A value that may be scheduled, as the running code needs it: a Python float in eager code,
+    the schedule's 0-d tensor while ``torch.compile`` traces (so the compiled code reads it)."""
+    if isinstance(value, ScheduledFloat):
+        return value.tensor if torch.compiler.is_compiling() else value.value
+    return float(value)
+
+
+def own_draw(draw: Optional[Draw]) -> Draw:
+    """``draw``, or one drawn now when the caller drew none (a unit used on its own)."""
+    return torch.rand(1).tolist()[0] if draw is None else draw
 
 
 def set_batch_count(module: nn.Module, batch_count: float) -> None:
@@ -68,21 +103,23 @@ def set_batch_count(module: nn.Module, batch_count: float) -> None:
     Args:
         module: any module; usually the whole model.
         batch_count: k2SSL's adjusted batch count (see the model's ``set_num_updates``).
+
+    Modules with values derived from schedules recompute them afterwards (their ``refresh()``).
     """
-    for sub in module.modules():
+    modules = list(module.modules())
+    for sub in modules:
         if isinstance(sub, ScheduledFloat):
-            sub.batch_count = float(batch_count)
-
-
-def random_uniform() -> float:
-    """One draw from U[0, 1) using torch's global generator, which fairseq seeds."""
-    return float(torch.rand(()))
+            sub.set_batch_count(batch_count)
+    for sub in modules:
+        refresh = getattr(sub, "refresh", None)
+        if refresh is not None and not isinstance(sub, ScheduledFloat):
+            refresh()
 
 
 def scheduled(value: FloatLike) -> FloatLike:
     """Return a private copy of a scheduled value (each module owns its schedule module)."""
     if isinstance(value, ScheduledFloat):
         copy = ScheduledFloat(*value.points, default=value.default)
-        copy.batch_count = value.batch_count
+        copy.set_batch_count(value.batch_count)
         return copy
     return float(value)
