@@ -130,6 +130,7 @@ def build_encoder(record: EncoderRecord, model_overrides: Optional[Mapping[str, 
     from omegaconf import OmegaConf
 
     model_cfg = dict(record.model)
+    model_cfg["compile"] = False  # the wrapper that trains it (k2ssl_ctc) decides; see models/compiling.py
     dataclass = fairseq_models.MODEL_DATACLASS_REGISTRY.get(model_cfg.get("_name"))
     ignored = getattr(dataclass, "IGNORED_KEYS", ())
     for key, value in (model_overrides or {}).items():

@@ -22,7 +22,6 @@ from typing import Any, Dict, Optional
 
 import torch
 import torch.nn.functional as F
-from fairseq.dataclass import FairseqDataclass
 from fairseq.models import BaseFairseqModel, register_model
 from omegaconf import OmegaConf
 from torch import nn
@@ -31,6 +30,7 @@ from .. import checkpoints
 from ..checkpoints import EncoderRecord
 from ..paths import from_launch_dir
 from . import k2ssl_hubert, zipformer_ssl  # noqa: F401  (registers the encoder models)
+from .compiling import CompileConfig, compile_layers
 from .config_records import record_in_saved_config
 from .summary import ParameterTableRepr
 
@@ -48,7 +48,7 @@ def _override(default: Optional[float], help_text: str) -> Any:
 
 
 @dataclass
-class K2sslCtcConfig(FairseqDataclass):
+class K2sslCtcConfig(CompileConfig):
     pretrained_path: Optional[str] = field(
         default=None, metadata={"help": "pre-training checkpoint (zipformer_ssl, k2ssl_hubert or stock hubert); "
                                         "only read on the first build, when model.encoder is empty"})
@@ -137,6 +137,7 @@ class K2sslCtcModel(ParameterTableRepr, BaseFairseqModel):
             encoder.load_state_dict(weights, strict=True)
         encoder_dim = encoder.final_proj.in_features
         encoder.remove_pretraining_modules()
+        compile_layers(cfg, encoder.encoder_layers(), "k2ssl_ctc")
         return cls(cfg, encoder, encoder_dim, len(task.target_dictionary))
 
     def set_num_updates(self, num_updates: int) -> None:

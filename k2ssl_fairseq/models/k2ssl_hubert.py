@@ -45,6 +45,7 @@ from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
 from torch import nn
 
 from ..safe_literals import UnsafeLiteralError, parse_literal
+from .compiling import CompileConfig, compile_layers
 from .config_records import warn_if_stock_hubert_criterion
 from .masked_prediction import MaskedPredictionModel, check_static_masking, linear_class_logits
 from .summary import ParameterTableRepr
@@ -56,7 +57,7 @@ COSINE_EPS = 1e-8
 
 
 @dataclass
-class K2sslHubertConfig(HubertConfig):
+class K2sslHubertConfig(HubertConfig, CompileConfig):
     logit_mode: LOGIT_MODE_CHOICES = field(
         default="cosine",
         metadata={"help": "cosine: stock HuBERT logits (cosine similarity to label embeddings, "
@@ -186,7 +187,13 @@ class K2sslHubertModel(ParameterTableRepr, MaskedPredictionModel, HubertModel):
         """Build from a HuBERT-style pre-training task (``cfg.sample_rate`` and ``dictionaries``)."""
         if str(cfg.logit_mode) == "linear":
             warn_if_stock_hubert_criterion(cfg, "k2ssl_hubert with logit_mode=linear")
-        return cls(cfg, task.cfg, task.dictionaries)
+        model = cls(cfg, task.cfg, task.dictionaries)
+        compile_layers(cfg, model.encoder_layers(), cls.model_name)
+        return model
+
+    def encoder_layers(self) -> List[nn.Module]:
+        """The layers ``model.compile`` compiles."""
+        return list(self.encoder.layers)
 
     def encode(self, x: torch.Tensor, frame_padding: Optional[torch.Tensor],
                output_layer: Optional[int]) -> torch.Tensor:

@@ -47,6 +47,7 @@ from torch import nn
 from .. import presets
 from ..data.frames import conv_stride, parse_conv_layers
 from ..stock_settings import log_ignored, plain
+from .compiling import CompileConfig, compile_layers
 from .config_records import record_in_saved_config, warn_if_stock_hubert_criterion
 from .fbank_frontend import FbankFrontEnd
 from .masked_prediction import MaskedPredictionModel, check_static_masking, linear_class_logits
@@ -77,7 +78,7 @@ def _stack_field(default: Sequence[int], help_text: str):
 
 
 @dataclass
-class ZipformerSslConfig(HubertConfig):
+class ZipformerSslConfig(HubertConfig, CompileConfig):
     """Model settings; defaults are icefall's Zipformer Base (the k2SSL Base pre-training run).
 
     Every key of stock HuBERT's model config is accepted, so ``model._name=zipformer_ssl`` switches
@@ -243,6 +244,7 @@ class ZipformerSslModel(ParameterTableRepr, MaskedPredictionModel, BaseFairseqMo
         )
         self.final_proj = nn.Linear(max(cfg.encoder_dim), sum(self.num_classes))
         self._closed_update: Optional[int] = None
+        self._batch_count: Optional[float] = None
         # What the shared front half reads (MaskedPredictionModel).
         self.feature_grad_mult = cfg.feature_grad_mult
         self.mask_prob, self.mask_length, self.mask_min_masks = cfg.mask_prob, cfg.mask_length, cfg.mask_min_masks
@@ -260,7 +262,12 @@ class ZipformerSslModel(ParameterTableRepr, MaskedPredictionModel, BaseFairseqMo
         if cfg.preset:
             record_in_saved_config(cfg, {**resolve_preset(cfg), "preset": None})
         warn_if_stock_hubert_criterion(cfg, cls.model_name)
+        compile_layers(cfg, model.encoder_layers(), cls.model_name)
         return model
+
+    def encoder_layers(self) -> List[nn.Module]:
+        """The layers ``model.compile`` compiles."""
+        return self.encoder.layers()
 
     def set_num_updates(self, num_updates: int) -> None:
         """fairseq calls this before every batch (and on load) with the update count. When the count
@@ -277,7 +284,10 @@ class ZipformerSslModel(ParameterTableRepr, MaskedPredictionModel, BaseFairseqMo
         if num_updates != self._closed_update:
             end_whitening_update(self.encoder, _max_over_ranks if _distributed() else None)
             self._closed_update = num_updates
-        set_batch_count(self.encoder, self.batch_count(num_updates))
+        batch_count = self.batch_count(num_updates)
+        if batch_count != self._batch_count:  # it moves every batch_count_interval updates
+            set_batch_count(self.encoder, batch_count)
+            self._batch_count = batch_count
 
     def batch_count(self, num_updates: int) -> float:
         """k2SSL's adjusted batch count for ``num_updates`` optimizer updates (see ``set_num_updates``)."""
