@@ -21,6 +21,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Dict, List
 
+import torch
 from fairseq.logging import metrics
 from fairseq.optim import FairseqOptimizer, register_optimizer
 from fairseq.optim.adam import FairseqAdamConfig
@@ -122,8 +123,8 @@ class FairseqScaledAdam(FairseqOptimizer):
         super().step(closure, scale=scale, groups=groups)
         if self.optimizer.defaults["clipping_scale"] is None:
             return
-        clipped = min(self.optimizer.last_clip_factors) < 1.0
-        metrics.log_scalar("scaled_adam_clipped", float(clipped), priority=800, round=3)
+        smallest = torch.stack([torch.as_tensor(factor, dtype=torch.float32) for factor in self.optimizer.clip_factors]).min()
+        metrics.log_scalar("scaled_adam_clipped", (smallest < 1.0).float(), priority=800, round=3)  # read when logged
         threshold = self.optimizer.clipping_thresholds()[0]
         if threshold is not None:
             metrics.log_scalar("scaled_adam_clip_thr", threshold, weight=0, priority=800, round=4)

@@ -13,16 +13,21 @@ written from its description (``shared/reference/k2ssl-notes.md`` section 9.1). 
   fairseq's ``optimization.clip_norm``.
 
 Tensors of the same shape, dtype and device are stacked and updated together (fewer kernel launches
-on GPU). A stack's state lives in the optimizer state of its first tensor, so ``state_dict()`` has
+on GPU): the stack is built on the first step and the tensors' data become views of its rows. A stack's state lives in the optimizer state of its first tensor, so ``state_dict()`` has
 torch's usual format and holds only tensors and Python numbers (safe for ``weights_only`` loading).
 Parameters without a gradient are updated as if their gradient were zero (momentum keeps moving them).
+
+A step never waits for the device: the clip factor is computed and applied there, and what the host
+keeps about it (how many steps clipped, the warning naming the dominant parameter) is copied back
+without blocking and read when it has arrived, at the latest when the next clipping threshold is
+estimated (every ``clipping_update_period`` steps, which reads the device anyway) or the state saved.
 """
 from __future__ import annotations
 
 import logging
 import math
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -36,17 +41,37 @@ EARLY_THRESHOLD_STEPS = (10, 20, 40)
 
 @dataclass
 class _Stack:
-    """Same-shape tensors of one group stacked along a new leading dimension.
+    """Same-shape tensors of one group, updated as one.
 
-    ``param`` is a view of the tensor itself when the stack has one member; otherwise a copy that
-    ``write_back`` returns to the members.
+    ``param`` is ``(members, *shape)`` and its rows *are* the members: each member's data is a view
+    of its row (``share``), so an update moves them without a copy, and the stack is built once,
+    not every step (``still_shared`` tells when something replaced a member's data).
     """
 
     members: List[Tensor]
     names: List[str]
     param: Tensor  # (members, *shape)
-    grad: Tensor  # (members, *shape); zeros where a member has no gradient
     state: Dict
+    grad: Optional[Tensor] = None  # (members, *shape) this step; zeros where a member has no gradient
+
+    @classmethod
+    def share(cls, members: List[Tensor], names: List[str], state: Dict) -> "_Stack":
+        if len(members) == 1:
+            return cls(members, names, members[0].unsqueeze(0), state)
+        param = torch.stack(members)
+        for member, row in zip(members, param):
+            member.data = row
+        return cls(members, names, param, state)
+
+    def still_shared(self) -> bool:
+        start, row = self.param.data_ptr(), self.param.stride(0) * self.param.element_size()
+        return all(member.data_ptr() == start + i * row for i, member in enumerate(self.members))
+
+    def take_gradients(self) -> None:
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in self.members]
+        if any(g.is_sparse for g in grads):
+            raise RuntimeError(f"ScaledAdam does not support sparse gradients (parameters {self.names})")
+        self.grad = grads[0].unsqueeze(0) if len(grads) == 1 else torch.stack(grads)
 
     @property
     def is_scalar(self) -> bool:
@@ -57,11 +82,6 @@ class _Stack:
         if values.ndim == 1:
             return values  # a stack of 0-d tensors (torch would read an empty dim list as "all dims")
         return values.sum(dim=tuple(range(1, values.ndim)), keepdim=True)
-
-    def write_back(self) -> None:
-        if len(self.members) > 1:
-            for member, value in zip(self.members, self.param):
-                member.copy_(value)
 
 
 class ScaledAdam(torch.optim.Optimizer):
@@ -106,7 +126,17 @@ class ScaledAdam(torch.optim.Optimizer):
             size_update_period=size_update_period, clipping_update_period=clipping_update_period,
         )
         super().__init__(params, defaults)
-        self.last_clip_factors: List[float] = [1.0] * len(self.param_groups)  # of the last step, per group
+        self._start_bookkeeping()
+
+    def _start_bookkeeping(self) -> None:
+        #: The last step's clip factor per group: a float (no clipping yet) or a 0-d device tensor.
+        self.clip_factors: List[Union[float, Tensor]] = [1.0] * len(self.param_groups)
+        self._unread: List[_ClipRecord] = []  # clip factors on their way to the host
+        self._group_stacks: Dict[int, List[_Stack]] = {}
+
+    def __setstate__(self, state: Dict) -> None:
+        super().__setstate__(state)
+        self._start_bookkeeping()
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -115,15 +145,27 @@ class ScaledAdam(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._read_arrived()
         clip_factors = []
-        for group in self.param_groups:
-            stacks = self._stacks(group)
+        for index, group in enumerate(self.param_groups):
+            stacks = self._stacks(index, group)
             clip_factors.append(self._clip_factor(group, stacks))
+            kept = clip_factors[-1] > 0 if isinstance(clip_factors[-1], Tensor) else None
             for stack in stacks:
-                self._update(group, stack, clip_factors[-1])
-                stack.write_back()
-        self.last_clip_factors = clip_factors
+                self._update(group, stack, clip_factors[-1], kept)
+                stack.grad = None
+        self.clip_factors = clip_factors
         return loss
+
+    @property
+    def last_clip_factors(self) -> List[float]:
+        """The last step's clip factor per group, as floats (this reads the device)."""
+        self._read_arrived(wait=True)
+        return [float(factor) for factor in self.clip_factors]
+
+    def state_dict(self) -> Dict:
+        self._read_arrived(wait=True)  # the saved clipping counts are complete
+        return super().state_dict()
 
     def clipping_thresholds(self) -> List[Optional[float]]:
         """Current clipping threshold of each group; ``None`` until the first estimate (step 10)."""
@@ -133,27 +175,27 @@ class ScaledAdam(torch.optim.Optimizer):
             thresholds.append(anchor.get("clip_threshold"))
         return thresholds
 
-    def _stacks(self, group: Dict) -> List[_Stack]:
-        names = group.get("param_names") or [f"param{i}" for i in range(len(group["params"]))]
-        by_key: Dict[tuple, Tuple[List[Tensor], List[str]]] = {}
-        for param, name in zip(group["params"], names):
-            members, member_names = by_key.setdefault((str(param.dtype), param.device, *param.shape), ([], []))
-            members.append(param)
-            member_names.append(name)
-        stacks = []
-        for members, member_names in by_key.values():
-            grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in members]
-            if any(g.is_sparse for g in grads):
-                raise RuntimeError(f"ScaledAdam does not support sparse gradients (parameters {member_names})")
-            if len(members) == 1:
-                param, grad = members[0].unsqueeze(0), grads[0].unsqueeze(0)
-            else:
-                param, grad = torch.stack(members), torch.stack(grads)
-            stacks.append(_Stack(members, member_names, param, grad, self.state[members[0]]))
+    def _stacks(self, index: int, group: Dict) -> List[_Stack]:
+        """The group's stacks (built on the first step, and again if a member's data was replaced),
+        each holding this step's gradients."""
+        stacks = self._group_stacks.get(index)
+        if stacks is None or not all(stack.still_shared() for stack in stacks):
+            names = group.get("param_names") or [f"param{i}" for i in range(len(group["params"]))]
+            by_key: Dict[tuple, Tuple[List[Tensor], List[str]]] = {}
+            for param, name in zip(group["params"], names):
+                members, member_names = by_key.setdefault((str(param.dtype), param.device, *param.shape), ([], []))
+                members.append(param)
+                member_names.append(name)
+            stacks = [_Stack.share(members, member_names, self.state[members[0]]) for members, member_names
+                      in by_key.values()]
+            self._group_stacks[index] = stacks
+        for stack in stacks:
+            stack.take_gradients()
         return stacks
 
-    def _clip_factor(self, group: Dict, stacks: Sequence[_Stack]) -> float:
-        """Factor (<= 1) for this step's gradients; records the norm and re-estimates the threshold."""
+    def _clip_factor(self, group: Dict, stacks: Sequence[_Stack]) -> Union[float, Tensor]:
+        """Factor (<= 1) for this step's gradients, on the device (1.0 before the first threshold);
+        records the norm and, on its period, re-estimates the threshold."""
         anchor = stacks[0].state
         step = anchor.get("step", 0)
         if group["clipping_scale"] is None or step == 0:
@@ -167,20 +209,28 @@ class ScaledAdam(torch.optim.Optimizer):
         anchor["clip_norms"][step % period] = norm
         early = step in EARLY_THRESHOLD_STEPS and step < period
         if early or step % period == 0:
+            self._read_arrived(wait=True)
             recent = anchor["clip_norms"][1 : step + 1] if early else anchor["clip_norms"]
             self._estimate_threshold(group, anchor, recent, doubled=early)
         if "clip_threshold" not in anchor:
             return 1.0
-        factor = min(1.0, (anchor["clip_threshold"] / (norm + 1.0e-20)).item())
-        if math.isnan(factor):
-            factor = 0.0  # non-finite gradients: drop them, keep the momentum step
-        if factor < 1.0:
-            anchor["num_clipped"] += 1
-        if factor < 0.5:
-            name, share = _largest_contributor(stacks, squares)
-            logger.warning(f"ScaledAdam: scaling gradients by {factor:.3g} (threshold "
-                           f"{anchor['clip_threshold']:.3e}); {name} holds {share:.0%} of the squared norm")
+        # Non-finite gradients give a factor of 0: they are dropped and the momentum step is kept.
+        factor = (anchor["clip_threshold"] / (norm + 1.0e-20)).clamp(max=1.0).nan_to_num(nan=0.0)
+        self._unread.append(_ClipRecord(factor, squares, stacks, anchor))
         return factor
+
+    def _read_arrived(self, wait: bool = False) -> None:
+        """Count the clipped steps whose factors have reached the host (all of them if ``wait``)
+        and warn about heavy clipping, naming the parameter that held most of the norm."""
+        while self._unread and (wait or self._unread[0].arrived()):
+            record = self._unread.pop(0)
+            factor = record.factor()
+            if factor < 1.0:
+                record.anchor["num_clipped"] += 1
+            if factor < 0.5:
+                name, share = record.largest_contributor()
+                logger.warning(f"ScaledAdam: scaling gradients by {factor:.3g} (threshold "
+                               f"{record.anchor['clip_threshold']:.3e}); {name} holds {share:.0%} of the squared norm")
 
     def _scaled_grad_squares(self, group: Dict, stacks: Sequence[_Stack]) -> List[Tensor]:
         """Per-member squared gradient norm in update units: (members, 1, ..., 1) per stack."""
@@ -208,13 +258,13 @@ class ScaledAdam(torch.optim.Optimizer):
                     "percent-clipped=%.1f", group["clipping_scale"],
                     " ".join(f"{q:.3e}" for q in quartiles), threshold, percent)
 
-    def _update(self, group: Dict, stack: _Stack, clip_factor: float) -> None:
+    def _update(self, group: Dict, stack: _Stack, clip_factor: Union[float, Tensor], kept: Optional[Tensor]) -> None:
         state = stack.state
         if "step" not in state:
             self._init_state(group, stack)
         step = state["step"]
-        if clip_factor == 0.0:
-            grad = torch.zeros_like(stack.grad)
+        if kept is not None:  # a factor of 0 (``kept`` False) drops the gradient, non-finite values too
+            grad = torch.where(kept, stack.grad * clip_factor, 0.0)
         else:
             grad = stack.grad if clip_factor == 1.0 else stack.grad * clip_factor
         delta = self._adam_step(group, state, grad, step, stack.is_scalar)
@@ -282,12 +332,36 @@ def _rms(stack: _Stack) -> Tensor:
     return (stack.per_member_sum(stack.param**2) / stack.param[0].numel()).sqrt()
 
 
-def _largest_contributor(stacks: Sequence[_Stack], squares: Sequence[Tensor]) -> Tuple[str, float]:
-    """Name and share of the parameter holding most of the squared (scaled) gradient norm."""
-    pairs = [(float(s), n) for stack, sq in zip(stacks, squares) for s, n in zip(sq.flatten(), stack.names)]
-    total = sum(s for s, _ in pairs)
-    largest, name = max(pairs)
-    return name, (largest / total if total > 0 else float("nan"))
+class _ClipRecord:
+    """One step's clip factor on its way to the host: copied without blocking (into pinned memory,
+    with an event telling when it is there, on a GPU). The step's per-parameter squared norms stay
+    where they are until a heavy clip asks for them (that warning alone reads the device)."""
+
+    def __init__(self, factor: Tensor, squares: Sequence[Tensor], stacks: Sequence[_Stack], anchor: Dict) -> None:
+        self.event: Optional[torch.cuda.Event] = None
+        if factor.is_cuda:
+            host = torch.empty((), dtype=factor.dtype, pin_memory=True)
+            host.copy_(factor, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+            factor = host
+        self.host_factor, self.squares, self.anchor = factor, squares, anchor
+        self.names = [name for stack in stacks for name in stack.names]
+
+    def arrived(self) -> bool:
+        return self.event is None or self.event.query()
+
+    def factor(self) -> float:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host_factor.tolist()
+
+    def largest_contributor(self) -> Tuple[str, float]:
+        """Name and share of the parameter holding most of the squared (scaled) gradient norm."""
+        squares = torch.cat([sq.reshape(-1) for sq in self.squares]).tolist()
+        total = sum(squares)
+        largest, name = max(zip(squares, self.names))
+        return name, (largest / total if total > 0 else float("nan"))
 
 
 def _check_hyperparameters(lr: float, clipping_scale: Optional[float], betas: Sequence[float], eps: float,
