@@ -1,6 +1,7 @@
 """ScaledAdam as a plain torch optimizer: convergence, stacking, state round trip, edge cases."""
 import io
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -147,3 +148,50 @@ def test_parameter_without_gradient_keeps_its_momentum():
 def test_invalid_hyperparameters_are_all_reported():
     with pytest.raises(ValueError, match=r"lr must be >= 0.*betas must be two numbers"):
         ScaledAdam([torch.nn.Parameter(torch.ones(2))], lr=-0.1, betas=(0.9, 1.0))
+
+
+def test_a_state_saved_by_the_earlier_optimizer_continues_identically():
+    """``tests/data/scaled_adam_state_v1.pt``: saved by ScaledAdam before its stacks became persistent
+    and its clip factor stayed on the device (made by ``tests/data/make_scaled_adam_state.py``)."""
+    saved = torch.load(Path(__file__).parent / "data" / "scaled_adam_state_v1.pt", weights_only=True)
+    params = {n: torch.nn.Parameter(p.clone()) for n, p in saved["params"].items()}
+    optimizer = ScaledAdam(list(params.items()), lr=0.05, clipping_scale=2.0)
+    optimizer.load_state_dict(saved["optimizer"])
+    for step in range(15, 27):  # the heavy clip of step 17 included
+        set_grads(params, step)
+        optimizer.step()
+    for name, expected in saved["params_after_12_steps"].items():
+        assert torch.equal(params[name].detach(), expected), name
+
+
+def test_same_shape_parameters_live_in_one_stack_and_replaced_data_is_noticed():
+    params = make_params()
+    reference = {n: torch.nn.Parameter(p.detach().clone()) for n, p in params.items()}
+    optimizer = ScaledAdam(list(params.items()), lr=0.05)
+    separate = [ScaledAdam([p], lr=0.05) for p in reference.values()]
+    for step in range(6):
+        set_grads(params, step)
+        for n, p in reference.items():
+            p.grad = params[n].grad.clone()
+        optimizer.step()
+        for single in separate:
+            single.step()
+        if step == 0:  # "a" and "b" (6 x 5) are now rows of one tensor
+            assert params["b"].data_ptr() - params["a"].data_ptr() == 30 * params["a"].element_size()
+        if step == 2:
+            params["a"].data = params["a"].data.clone()  # e.g. a model moved or re-cast after the first step
+    for n in params:
+        torch.testing.assert_close(params[n], reference[n], rtol=1e-6, atol=1e-7)
+
+
+def test_a_step_never_reads_the_device():
+    from k2ssl_fairseq.bench.dispatch import count_ops
+
+    params = make_params()
+    optimizer = ScaledAdam(list(params.items()), lr=0.05, clipping_scale=2.0)
+    for step in range(18):  # past the first threshold estimate (step 10); step 17 clips heavily
+        set_grads(params, step)
+        counter = count_ops(optimizer.step)
+        if step > 10:
+            assert counter.value_reads == 0, counter.ops
+    assert isinstance(optimizer.clip_factors[0], torch.Tensor) and optimizer.last_clip_factors[0] < 0.5
