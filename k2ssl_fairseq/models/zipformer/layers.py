@@ -32,7 +32,7 @@ class LayerDraws(NamedTuple):
             are left out): a list of floats (eager: decided on the host, no device op) or a tensor
             (compiled: decided on the device), ``Zipformer2EncoderLayer.NUM_DECISIONS`` long.
         sequences: ``(NUM_SEQUENCE_SKIPS, batch, 1)`` draws for the per-sequence module and layer skips.
-        dropout: ``(1, batch, dropout_width)`` draws for the three feed-forward dropout masks.
+        dropout: ``(1, batch, channels)`` draws for the three feed-forward dropout masks together.
     """
 
     decisions: Union[List[float], Tensor]
@@ -294,10 +294,9 @@ class Zipformer2EncoderLayer(nn.Module):
     #: Per-sequence skip draws of one pass: attention, two convolutions, FF2, FF3, the whole layer.
     NUM_SEQUENCE_SKIPS = 6
 
-    @property
-    def dropout_width(self) -> int:
-        """Channels of the three feed-forward dropout masks together."""
-        return sum(ff.out_proj.weight.shape[1] for ff in (self.feed_forward1, self.feed_forward2, self.feed_forward3))
+    def _dropout_widths(self) -> List[int]:
+        """Channels of the three feed-forward dropout masks (their hidden sizes)."""
+        return [ff.out_proj.weight.shape[1] for ff in (self.feed_forward1, self.feed_forward2, self.feed_forward3)]
 
     #: Whether training-mode calls run compiled (set by ``models.compiling.LayerCompiler.attach``).
     compiled = False
@@ -314,7 +313,7 @@ class Zipformer2EncoderLayer(nn.Module):
         decisions = decisions.to(x.device, non_blocking=True) if on_device else decisions.tolist()
         batch = x.shape[1]
         return LayerDraws(decisions, torch.rand(self.NUM_SEQUENCE_SKIPS, batch, 1, device=x.device),
-                          torch.rand(1, batch, self.dropout_width, device=x.device))
+                          torch.rand(1, batch, sum(self._dropout_widths()), device=x.device))
 
     def forward(self, x: Tensor, pos_emb: Tensor, padding_mask: Optional[Tensor] = None,
                 draws: Optional[LayerDraws] = None) -> Tensor:
@@ -359,8 +358,7 @@ class Zipformer2EncoderLayer(nn.Module):
     def _dropout_draws(self, draws: Optional[LayerDraws]) -> tuple:
         if draws is None:
             return None, None, None
-        widths = [ff.out_proj.weight.shape[1] for ff in (self.feed_forward1, self.feed_forward2, self.feed_forward3)]
-        return tuple(draws.dropout.split(widths, dim=-1))
+        return tuple(draws.dropout.split(self._dropout_widths(), dim=-1))
 
 
 #: Decisions of a pass that draws nothing (eval mode): every unit is off there.

@@ -297,15 +297,21 @@ class Whiten(nn.Module):
         self.grad_scale = scheduled(grad_scale)
         self.min_prob, self.max_prob = prob
         self.register_buffer("prob_tensor", torch.tensor(float(self.max_prob)), persistent=False)
-        self.prob = self.max_prob
+        self._prob = float(self.max_prob)
         self.register_buffer("findings", torch.zeros(2, requires_grad=True), persistent=False)
         self._carried = self.NOT_SEEN  # findings of the update in progress that came from a saved state
 
-    def __setattr__(self, name: str, value) -> None:
-        super().__setattr__(name, value)
-        if name == "prob" and "prob_tensor" in self._buffers:
+    @property
+    def prob(self) -> float:
+        """Probability of acting on a pass; also kept as ``prob_tensor`` for compiled code."""
+        return self._prob
+
+    @prob.setter
+    def prob(self, value: float) -> None:
+        if float(value) != self._prob:
+            self._prob = float(value)
             with torch.no_grad():
-                self.prob_tensor.fill_(float(value))
+                self.prob_tensor.fill_(self._prob)
 
     def _apply(self, fn, recurse: bool = True):
         super()._apply(fn, recurse)
