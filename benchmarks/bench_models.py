@@ -18,7 +18,17 @@ for ``--repeats`` rounds and each keeps its fastest round (the least disturbed b
 (``ru_maxrss``, model and batch included); ``step_memory_bytes`` is that peak minus the resident size
 just before the step, i.e. what forward + backward added.
 
+``--modes eager compiled`` runs every system both ways: compiled, each encoder layer's training step
+goes through ``torch.compile`` (``models/compiling.py``, as ``model.compile=true`` trains; stock
+HuBERT's layers too, its fair peer); compiling happens in the warm-up steps. ``--count`` adds what
+each step asks of the device (``k2ssl_fairseq.bench.dispatch``): aten ops dispatched (eager only),
+kernel launches (eager and compiled, counted alike) and reads of device values, for forward +
+backward and for one step of the system's own optimizer (fairseq's Adam for the HuBERTs, ScaledAdam
+for the Zipformers), which is never compiled.
+
     python benchmarks/bench_models.py --threads 2 --repeats 2 --warmup 1 --output benchmarks/results/models_base_cpu.json
+    python benchmarks/bench_models.py --modes eager compiled --count --warmup 2 \\
+        --systems hubert k2ssl_hubert_cosine zipformer_ssl zipformer_fbank50 --output benchmarks/results/compile_base_cpu.json
 """
 from __future__ import annotations
 
@@ -56,6 +66,10 @@ TARGETS = {"zipformer_ssl": {"speed_vs_hubert": ">= 3.6", "peak_memory_vs_hubert
                                  "peak_memory_vs_zipformer_ssl": "<= 1"},
            "zipformer_fbank25": {"speed_vs_hubert": ">= 7", "speed_vs_zipformer_ssl": ">= 2",
                                  "peak_memory_vs_zipformer_ssl": "<= 1"}}
+#: How each system runs: eagerly, or with each encoder layer compiled (``models/compiling.py``).
+MODES = ("eager", "compiled")
+#: ``torch.compile`` modes (``k2ssl_fairseq.models.compiling.COMPILE_MODES``; not imported: torch loads late).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 NUM_CLUSTERS = 500
 #: torch dtype names of the ``--precision`` choices (torch is imported only where a step runs).
 AUTOCAST_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -93,17 +107,70 @@ def build(system: str) -> torch.nn.Module:
     return model_class(cfg, HubertPretrainingConfig(label_rate=50, sample_rate=SAMPLE_RATE), [dictionary])
 
 
+def compile_layers(model: "torch.nn.Module", system: str, mode: str = None) -> None:
+    """Route ``model``'s encoder layers through one ``LayerCompiler`` (inductor), as ``model.compile=true``
+    (``mode``: ``model.compile_mode``)."""
+    from k2ssl_fairseq.models.compiling import LayerCompiler
+
+    layers = model.encoder.layers() if system in ZIPFORMER_FRONTENDS else model.encoder.layers
+    LayerCompiler(mode=mode, name=system).attach(layers)
+
+
+def own_optimizer(model: "torch.nn.Module", system: str) -> "torch.optim.Optimizer":
+    """The optimizer of the system's own recipe: ScaledAdam (k2SSL) for the Zipformers, fairseq's Adam
+    (stock HuBERT's ``optimizer=adam``) for the HuBERTs; learning rates as in their presets."""
+    from fairseq.optim.adam import Adam
+
+    from k2ssl_fairseq.optim import ScaledAdam
+
+    if system in ZIPFORMER_FRONTENDS:
+        return ScaledAdam(list(model.named_parameters()), lr=0.045, clipping_scale=2.0)
+    return Adam(model.parameters(), lr=5e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
+
+
+def count_step(model, criterion, sample, system: str, mode: str, cuda: bool) -> Dict[str, object]:
+    """What one forward + backward and one optimizer step ask of the device (module docstring)."""
+    import torch
+
+    from k2ssl_fairseq.bench.dispatch import count_launches, count_ops
+
+    def forward_backward():
+        model.zero_grad(set_to_none=True)
+        criterion(model, sample)[0].backward()
+
+    counts: Dict[str, object] = {"launches": count_launches(forward_backward, cuda)}
+    if mode == "eager":
+        counter = count_ops(forward_backward)
+        counts.update(dispatched_ops=counter.total, value_reads=counter.value_reads, top_ops=counter.summary()["top_ops"])
+    optimizer = own_optimizer(model, system)
+    for _ in range(12):  # ScaledAdam sets its first clipping threshold at step 10
+        forward_backward()
+        optimizer.step()
+    forward_backward()
+    snapshot = [p.detach().clone() for p in model.parameters()]
+    counter = count_ops(optimizer.step)
+    with torch.no_grad():
+        for param, value in zip(model.parameters(), snapshot):
+            param.copy_(value)
+    counts.update(optimizer=type(optimizer).__name__, optimizer_dispatched_ops=counter.total,
+                  optimizer_value_reads=counter.value_reads, optimizer_launches=count_launches(optimizer.step, cuda))
+    return counts
+
+
 def run_one(system: str, batch: int, seconds: float, threads: int, warmup: int, device: str = "cpu",
-            precision: str = "fp32", profile: Path = None) -> Dict[str, object]:
+            precision: str = "fp32", profile: Path = None, mode: str = "eager", count: bool = False,
+            compile_mode: str = None) -> Dict[str, object]:
     """``warmup`` untimed then one timed forward + backward of ``system``; returns its benchmark record.
 
     ``precision`` bf16/fp16 runs the step under ``torch.autocast`` (weights and gradients stay fp32, as
     fairseq's ``common.amp`` trains); fp16 runs without a loss scaler, which changes no kernel timed here.
+    ``mode`` ``compiled`` compiles each encoder layer (``compile_layers``); ``count`` adds ``count_step``.
     ``profile``: after the timed step, one more under ``torch.profiler``; its operator table (sorted
     by device time on CUDA, CPU time otherwise) is written to ``profile/<system>_<precision>.txt``.
     """
     import torch
 
+    from k2ssl_fairseq.bench.dispatch import enable_compiled_kernel_events
     from k2ssl_fairseq.criterions.masked_prediction import MaskedPredictionCriterion
     from k2ssl_fairseq.data.frames import conv_frames
     from k2ssl_fairseq.data.masking import compute_span_mask
@@ -111,6 +178,9 @@ def run_one(system: str, batch: int, seconds: float, threads: int, warmup: int, 
     torch.set_num_threads(threads)
     cuda = device == "cuda"
     model = build(system).train().to(device)
+    if mode == "compiled":
+        enable_compiled_kernel_events()
+        compile_layers(model, system, compile_mode)
     criterion = MaskedPredictionCriterion(SimpleNamespace(), 1.0, 0.0, [10.0], [])
     rng = np.random.default_rng(0)
     samples = int(seconds * SAMPLE_RATE)
@@ -129,7 +199,8 @@ def run_one(system: str, batch: int, seconds: float, threads: int, warmup: int, 
         sample["net_input"]["mask_indices"] = mask
     autocast = torch.autocast(device, dtype=getattr(torch, AUTOCAST_DTYPES[precision]), enabled=precision != "fp32")
     before = current_memory_bytes(device)
-    for _ in range(warmup + 1):  # the last step is timed: one-off costs (first allocations) are not
+    compile_start = time.perf_counter()
+    for index in range(warmup + 1):  # the last step is timed: one-off costs (first allocations, compiling) are not
         model.zero_grad(set_to_none=True)
         if cuda:
             torch.cuda.synchronize()
@@ -140,19 +211,25 @@ def run_one(system: str, batch: int, seconds: float, threads: int, warmup: int, 
         if cuda:
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
+        if index == 0:
+            first_step_seconds = time.perf_counter() - compile_start
     if profile is not None:
         write_profile(lambda: criterion(model, sample)[0].backward(), autocast, device,
-                      profile / f"{system}_{precision}.txt")
+                      profile / f"{system}_{mode}_{precision}.txt")
     # CPU: the process's resident high-water mark; CUDA: the caching allocator's peak (tensors only)
     peak = peak_memory_bytes(device)
-    return {
-        "system": system, "size": "base", "device": device, "precision": precision, "batch_seconds": batch * seconds,
-        "audio_seconds_per_second": batch * seconds / elapsed, "peak_memory_bytes": peak,
+    record = {
+        "system": system, "mode": mode, "compile_mode": compile_mode if mode == "compiled" else None, "size": "base", "device": device, "precision": precision,
+        "batch_seconds": batch * seconds, "audio_seconds_per_second": batch * seconds / elapsed, "peak_memory_bytes": peak,
         "step_memory_bytes": peak - before, "data_wait_fraction": 0.0, "crop_waste_fraction": 0.0,
         "padding_fraction": 0.0, "loss_curve": [float(loss.detach()) / sample_size], "step_seconds": elapsed,
-        "masked_frames": int(sample_size), "threads": threads, "warmup_steps": warmup,
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "first_step_seconds": first_step_seconds, "masked_frames": int(sample_size), "threads": threads,
+        "warmup_steps": warmup, "parameters": sum(p.numel() for p in model.parameters()),
     }
+    if count:
+        with autocast:
+            record.update(count_step(model, criterion, sample, system, mode, cuda))
+    return record
 
 
 def write_profile(step, autocast, device: str, path: Path) -> None:
@@ -181,48 +258,64 @@ def main(argv: List[str] = None) -> int:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--precision", choices=sorted(AUTOCAST_DTYPES), default="fp32",
                         help="fp32, or bf16/fp16 autocast (mixed precision)")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=["eager"],
+                        help="eager, and/or compiled (each encoder layer through torch.compile, as model.compile=true)")
+    parser.add_argument("--compile-mode", choices=COMPILE_MODES, default=None,
+                        help="torch.compile mode of the compiled runs (reduce-overhead: CUDA graphs)")
+    parser.add_argument("--count", action="store_true",
+                        help="also count ops, kernel launches and device reads per step (k2ssl_fairseq.bench.dispatch)")
     parser.add_argument("--profile", type=Path, help="folder for one profiled step's operator table per system")
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
     parser.add_argument("--output", type=Path, help="JSON file to write (default: print only)")
-    parser.add_argument("--run-one", choices=SYSTEMS, help=argparse.SUPPRESS)
+    parser.add_argument("--run-one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.run_one:
-        print(json.dumps(run_one(args.run_one, args.batch, args.seconds, args.threads, args.warmup,
-                                 args.device, args.precision, args.profile)))
+        system, mode = args.run_one.split(":")
+        print(json.dumps(run_one(system, args.batch, args.seconds, args.threads, args.warmup, args.device,
+                                 args.precision, args.profile, mode, args.count, args.compile_mode)))
         return 0
 
+    variants = [f"{system}:{mode}" for mode in args.modes for system in args.systems]
     rounds = interleaved_rounds(
-        lambda system: [sys.executable, __file__, "--run-one", system, "--batch", str(args.batch),
-                        "--seconds", str(args.seconds), "--threads", str(args.threads), "--warmup", str(args.warmup),
-                        "--device", args.device, "--precision", args.precision]
-        + (["--profile", str(args.profile)] if args.profile else []), args.systems, args.repeats)
+        lambda variant: [sys.executable, __file__, "--run-one", variant, "--batch", str(args.batch),
+                         "--seconds", str(args.seconds), "--threads", str(args.threads), "--warmup", str(args.warmup),
+                         "--device", args.device, "--precision", args.precision]
+        + (["--profile", str(args.profile)] if args.profile else []) + (["--count"] if args.count else [])
+        + (["--compile-mode", args.compile_mode] if args.compile_mode else []),
+        variants, args.repeats)
     records = []
-    for system in args.systems:
-        best = min(rounds[system], key=lambda r: r["step_seconds"])
-        best["step_seconds_all_rounds"] = [r["step_seconds"] for r in rounds[system]]
+    for variant in variants:
+        best = min(rounds[variant], key=lambda r: r["step_seconds"])
+        best["step_seconds_all_rounds"] = [r["step_seconds"] for r in rounds[variant]]
         records.append(best)
-    stock = next((r for r in records if r["system"] == "hubert"), None)
     run_record = provenance(args.device)
     for record in records:
-        if stock is not None and record is not stock:
-            record["speed_vs_hubert"] = record["audio_seconds_per_second"] / stock["audio_seconds_per_second"]
-            record["peak_memory_vs_hubert"] = record["peak_memory_bytes"] / stock["peak_memory_bytes"]
-            record["step_memory_vs_hubert"] = record["step_memory_bytes"] / stock["step_memory_bytes"]
-            print(f"{record['system']}: {record['speed_vs_hubert']:.2f}x speed, "
-                  f"{record['peak_memory_vs_hubert']:.3f}x peak memory of stock hubert", flush=True)
-        cnn_zipformer = next((r for r in records if r["system"] == "zipformer_ssl"), None)
-        if cnn_zipformer is not None and record["system"].startswith("zipformer_fbank"):
-            record["speed_vs_zipformer_ssl"] = (record["audio_seconds_per_second"]
-                                                / cnn_zipformer["audio_seconds_per_second"])
-            record["peak_memory_vs_zipformer_ssl"] = record["peak_memory_bytes"] / cnn_zipformer["peak_memory_bytes"]
-            print(f"{record['system']}: {record['speed_vs_zipformer_ssl']:.2f}x speed, "
-                  f"{record['peak_memory_vs_zipformer_ssl']:.3f}x peak memory of the CNN zipformer_ssl", flush=True)
-        if record["system"] in TARGETS:
-            record["targets"] = TARGETS[record["system"]]
+        compare(record, records)
         record.update(run_record)
     if args.output:
         write_json(args.output, records)
     return 0
+
+
+def compare(record: Dict[str, object], records: List[Dict[str, object]]) -> None:
+    """Add the ratios against stock HuBERT and the CNN Zipformer in the same mode, and against the
+    same system eager (each printed), and the issue targets that apply."""
+    def peer(system: str, mode: str):
+        return next((r for r in records if r["system"] == system and r["mode"] == mode and r is not record), None)
+
+    for name, other in (("hubert", peer("hubert", record["mode"])),
+                        ("zipformer_ssl", peer("zipformer_ssl", record["mode"]) if record["system"].startswith("zipformer_fbank") else None),
+                        ("eager", peer(record["system"], "eager") if record["mode"] != "eager" else None)):
+        if other is None:
+            continue
+        record[f"speed_vs_{name}"] = record["audio_seconds_per_second"] / other["audio_seconds_per_second"]
+        record[f"peak_memory_vs_{name}"] = record["peak_memory_bytes"] / other["peak_memory_bytes"]
+        if name != "eager":
+            record[f"step_memory_vs_{name}"] = record["step_memory_bytes"] / other["step_memory_bytes"]
+        print(f"{record['system']} ({record['mode']}): {record[f'speed_vs_{name}']:.2f}x speed, "
+              f"{record[f'peak_memory_vs_{name}']:.3f}x peak memory of {name}", flush=True)
+    if record["system"] in TARGETS and record["mode"] == "eager":
+        record["targets"] = TARGETS[record["system"]]
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU check, one command, about 8 minutes on one H200 (first run: benchmarks/results/gpu_20261130_NVIDIA_H200), nothing fetched from the network.
-#   scripts/gpu_check.sh [smoke] [frontend] [models] [fbank] [ab]     (no argument: all stages)
+#   scripts/gpu_check.sh [compile] [smoke] [frontend] [models] [fbank] [ab]     (no argument: all stages)
 #   1. installs the cp312 wheels carried in .whl/ (see scripts/fetch_gpu_wheels.sh) next to the
 #      machine's own torch;
 #   2. runs zipformer_tiny through k2ssl-hydra-train on CUDA with common.amp=true and with
@@ -11,7 +11,10 @@
 #   5. the fbank front-end (issue N): the same Base step for stock HuBERT and the Zipformer with the CNN
 #      and with fbank at 50 and 25 Hz, under bf16 and fp16 autocast (frontend_fbank_base_cuda_*.json,
 #      the GPU counterpart of benchmarks/results/frontend_fbank_base_cpu.json);
-#   6. the Base-size A/B benchmark through fairseq's trainer;
+#   6. the Base-size A/B benchmark through fairseq's trainer (eager, then compiled: model.compile=true);
+#   0. compile (issue 30, first so that a short lease still gets it): ops and kernel launches per step and
+#      the Base step eager vs compiled (bf16) at 2 x 1 s, 87.5 s (7 x 12.5 s) and 600 s (48 x 12.5 s) of
+#      audio, compiled with CUDA graphs (reduce-overhead) at 87.5 s; inductor's cache is shared by stages;
 #   7. writes everything to benchmarks/results/gpu_<date>_<gpu>/ and, when $OUT is set (the device
 #      tool), packs that folder into $OUT/gpu_results.tar.gz after every stage.
 # Each stage has its own time limit and a failed stage does not stop the others; the exit status is
@@ -58,6 +61,19 @@ want() { [ "${#selected[@]}" -eq 0 ] || [[ " ${selected[*]} " == *" $1 "* ]]; }
 
 stage corpus 120 python3 -c "from k2ssl_fairseq.data.synthetic import make_tiny_corpus; make_tiny_corpus('$work/data', splits={'train': 200, 'valid': 8}, min_seconds=4, max_seconds=16)"
 
+if want compile; then
+  systems="hubert k2ssl_hubert_cosine zipformer_ssl zipformer_fbank50"
+  stage compile_count_2x1s 420 python3 benchmarks/bench_models.py --device cuda --precision bf16 --batch 2 --seconds 1 \
+    --modes eager compiled --count --warmup 3 --systems $systems --output "$out/compile_count_cuda_2x1s.json"
+  stage compile_base_87s 420 python3 benchmarks/bench_models.py --device cuda --precision bf16 --batch 7 --seconds 12.5 \
+    --modes eager compiled --count --warmup 3 --systems $systems --output "$out/compile_base_cuda_87s.json"
+  stage compile_base_600s 420 python3 benchmarks/bench_models.py --device cuda --precision bf16 --batch 48 --seconds 12.5 \
+    --modes eager compiled --warmup 3 --systems $systems --output "$out/compile_base_cuda_600s.json"
+  stage compile_cudagraphs_87s 420 python3 benchmarks/bench_models.py --device cuda --precision bf16 --batch 7 \
+    --seconds 12.5 --modes compiled --compile-mode reduce-overhead --warmup 4 --systems $systems \
+    --output "$out/compile_cudagraphs_cuda_87s.json"
+fi
+
 if want smoke; then
   for precision in amp bf16; do
     stage "smoke_$precision" 150 python3 -m k2ssl_fairseq.cli --config-dir "$PWD/config/pretrain" --config-name zipformer_tiny \
@@ -96,6 +112,8 @@ fi
 if want ab; then
   stage ab_base 240 python3 -m k2ssl_fairseq.bench.ab --data "$work/data" --label-dir "$work/data" --size base \
     --device cuda --updates 6 --warmup 2 --repeats 1 --out "$out/ab_base"
+  stage ab_base_compiled 480 python3 -m k2ssl_fairseq.bench.ab --data "$work/data" --label-dir "$work/data" --size base \
+    --device cuda --seconds-per-batch 87.5 --compile --updates 6 --warmup 4 --repeats 1 --out "$out/ab_base_compiled"
 fi
 
 echo "== done: $out"

@@ -3,6 +3,7 @@ given the same random draws, and the number of compiled graphs stays bounded as 
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -115,9 +116,10 @@ def test_advancing_schedules_and_whitening_do_not_recompile_and_eval_stays_eager
 
 
 @pytest.mark.e2e
-def test_compiled_pretraining_through_fairseq_hydra_train_follows_eager(tiny_corpus: Path, tmp_path: Path):
-    """Same seed, same data: the compiled run (aot_eager: traced, no code generation) takes the same
-    random draws, so its losses follow the eager run's; it logs each compiled graph within the bound."""
+def test_compiled_training_through_fairseq_hydra_train_follows_eager(tiny_corpus: Path, tmp_path: Path):
+    """Same seed, same data: the compiled pre-training (aot_eager: traced, no code generation) takes
+    the same random draws, so its losses follow the eager run's; it logs each compiled graph within
+    the bound. Its checkpoint then fine-tunes with CTC, compiled too."""
     architecture = [f"model.{key}=[{','.join(map(str, value))}]" for key, value in TWO_STACKS.items()]
     runs = {}
     for name, extra in (("eager", []), ("compiled", ["model.compile=true", "+model.compile_backend=aot_eager"])):
@@ -133,3 +135,14 @@ def test_compiled_pretraining_through_fairseq_hydra_train_follows_eager(tiny_cor
     assert graphs and all(int(n) <= int(bound) for n, bound in graphs), graphs
     assert len(runs["compiled"][0]) == len(runs["eager"][0]) == 8
     torch.testing.assert_close(torch.tensor(runs["compiled"][0]), torch.tensor(runs["eager"][0]), rtol=2e-3, atol=0)
+
+    # Fine-tuning that checkpoint with CTC, compiled: k2ssl_ctc compiles the encoder's layers itself.
+    finetune = tmp_path / "finetune"
+    hydra_train([f"task.data={tiny_corpus}", f"task.label_dir={tiny_corpus}", "optimization.max_update=3",
+                 f"model.pretrained_path={tmp_path / 'compiled' / 'ckpt' / 'checkpoint_last.pt'}",
+                 "model.compile=true", "+model.compile_backend=aot_eager"], finetune,
+                config_dir=PRESETS.parent / "finetune", config_name="zipformer_tiny", env={"OMP_NUM_THREADS": "1"})
+    log = (finetune / "train.log").read_text()
+    assert re.search(r"compiled k2ssl_ctc graph 1 of at most \d+", log) and "zipformer_ssl graph" not in log
+    losses = [float(json.loads(line[line.index("{"):])["loss"]) for line in log.splitlines() if "[train_inner]" in line]
+    assert len(losses) == 3 and all(math.isfinite(v) for v in losses)

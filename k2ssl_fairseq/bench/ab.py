@@ -91,10 +91,12 @@ def precision(system: str, device: str) -> str:
 
 
 def run_spec(system: str, size: str, data: Path, label_dir: Path, seconds: float, device: str, updates: int,
-             warmup: int, train_subset: str = "train") -> RunSpec:
+             warmup: int, train_subset: str = "train", compile_layers: bool = False) -> RunSpec:
     """The configuration of one system at one size, sharing data, labels and audio per update.
 
-    Precision: see :func:`precision`.
+    Precision: see :func:`precision`. ``compile_layers``: the plugin's systems train with
+    ``model.compile=true`` (stock HuBERT has no such setting; ``k2ssl_hubert_cosine`` is the same
+    network compiled, its fair peer).
     """
     cuda, mode = device == "cuda", precision(system, device)
     common = [f"task.data={data}", f"task.label_dir={label_dir}", "task.labels=[km]",
@@ -104,6 +106,8 @@ def run_spec(system: str, size: str, data: Path, label_dir: Path, seconds: float
               f"common.fp16={str(mode == 'fp16').lower()}", f"common.amp={str(mode == 'amp').lower()}",
               "distributed_training.distributed_world_size=1", "distributed_training.nprocs_per_node=1",
               "checkpoint.no_save=true", "dataset.num_workers=0", f"task.min_sample_size={MIN_SAMPLE_SIZE}"]
+    if compile_layers and system != "stock_hubert":
+        common.append("++model.compile=true")
     if system.startswith("zipformer"):
         frontend = FBANK_OVERRIDES if system == "zipformer_fbank" else []
         return RunSpec(system, size, presets.config_dir("pretrain"), f"zipformer_{size}",
@@ -345,6 +349,7 @@ def combine_runs(spec: RunSpec, runs: List[Dict[str, Any]], device: str, batches
     first = runs[0]
     return {
         "system": spec.system, "head": HEAD_TYPES[spec.system], "size": spec.size, "device": device,
+        "compiled": "++model.compile=true" in spec.overrides,
         "precision": precision(spec.system, device), "batches": batches, "repeats": len(runs),
         "timed_updates": spec.updates, "params": first["params"], "threads": first["threads"],
         "batch_seconds": first["batch_seconds"], "audio_seconds_per_second": speed,
@@ -490,6 +495,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--seconds-per-batch", type=float, default=None,
                         help=f"audio per update; default {SHARED_SECONDS:g} s with shared batches, each system's "
                              "recipe batch with its own")
+    parser.add_argument("--compile", action="store_true",
+                        help="the plugin's systems train with model.compile=true (stock HuBERT stays eager; "
+                             "k2ssl_hubert_cosine is its network compiled); compiling falls in the warm-up updates")
     parser.add_argument("--updates", type=int, default=5, help="timed updates per run")
     parser.add_argument("--warmup", type=int, default=2, help="untimed updates first")
     parser.add_argument("--repeats", type=int, default=3, help="runs per system, interleaved with the others")
@@ -509,7 +517,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     specs = [run_spec(system, args.size, args.data.resolve(), args.label_dir.resolve(),
                       (args.seconds_per_batch or SHARED_SECONDS) if plan else
                       (args.seconds_per_batch or RECIPE_SECONDS[system]),
-                      args.device, args.updates, args.warmup, args.train_subset) for system in args.systems]
+                      args.device, args.updates, args.warmup, args.train_subset, args.compile)
+             for system in args.systems]
     runs: Dict[str, List[Dict[str, Any]]] = {spec.system: [] for spec in specs}
     for repeat in range(args.repeats):
         for spec in specs[repeat % len(specs):] + specs[:repeat % len(specs)]:
