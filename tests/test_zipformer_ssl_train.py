@@ -47,6 +47,29 @@ def test_set_num_updates_drives_schedules_with_adjusted_batch_count():
     assert tiny_model(batch_count_interval=1).batch_count(123) == 123.0
 
 
+def test_a_loaded_update_is_closed_by_the_next_set_num_updates():
+    """fairseq's trainer calls set_num_updates(n) and then loads the weights, whose Whiten findings
+    belong to the update that set_num_updates(n) closes: the resumed run must close them then, as the
+    uninterrupted run did (not fold them into update n's findings)."""
+    from k2ssl_fairseq.models.zipformer.regularizers import Whiten
+
+    saved = tiny_model().train()
+    saved.set_num_updates(3)
+    whitens = [m for m in saved.modules() if isinstance(m, Whiten)]
+    for whiten in whitens:
+        whiten.observed = Whiten.UNDER  # what update 3's passes found, saved before update 4 begins
+    state = saved.state_dict()
+    saved.set_num_updates(4)  # the uninterrupted run closes update 3
+    assert {w.prob for w in whitens} == {whitens[0].min_prob}
+
+    resumed = tiny_model().train()
+    resumed.set_num_updates(4)  # fairseq: before load_state_dict
+    resumed.load_state_dict(state, strict=True)
+    resumed.set_num_updates(4)  # fairseq: before update 4's first batch
+    assert [(w.prob, w.observed) for w in resumed.modules() if isinstance(w, Whiten)] == \
+        [(w.prob, w.observed) for w in whitens]
+
+
 def test_eval_is_deterministic_and_training_is_not():
     torch.manual_seed(0)
     model = tiny_model()

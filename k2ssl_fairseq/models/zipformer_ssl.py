@@ -289,6 +289,12 @@ class ZipformerSslModel(ParameterTableRepr, MaskedPredictionModel, BaseFairseqMo
             set_batch_count(self.encoder, batch_count)
             self._batch_count = batch_count
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # fairseq's trainer calls set_num_updates(n) before it loads the weights, and a checkpoint is
+        # saved before its update is closed: the loaded findings are closed by the next call for n.
+        self._closed_update = None
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def batch_count(self, num_updates: int) -> float:
         """k2SSL's adjusted batch count for ``num_updates`` optimizer updates (see ``set_num_updates``)."""
         interval = max(int(self.cfg.batch_count_interval), 1)
