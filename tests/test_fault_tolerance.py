@@ -1,7 +1,7 @@
 """Faults during a run: SIGKILL and restart, corrupt audio in the corpus.
 
 Kill-and-resume trains zipformer_tiny with ScaledAdam + Eden, input dropout and the data path's
-random crops and masks, kills the process at a random update after its first checkpoint,
+random crops and masks, kills the process in the update after each checkpoint (so it resumes from each),
 restarts the same command, and demands the data, the final parameters and the optimizer state of
 an uninterrupted run, bit for bit, with the Zipformer in full training mode (dropout, layer and
 module skips, feature masks, Balancer/Whiten draws): the task seeds the model's randomness from
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import shutil
 import signal
@@ -102,31 +101,33 @@ def assert_same_tensors(a, b, path: str = "") -> None:
 
 def test_sigkill_and_restart_equals_an_uninterrupted_run(tiny_corpus: Path, tmp_path: Path):
     overrides = resume_overrides(tiny_corpus)
-    # the update after the first save: its log line comes after checkpoint_1_2.pt is written
-    kill_after = random.SystemRandom().randint(SAVE_EVERY + 1, MAX_UPDATE - 1)
-    print(f"killing after update {kill_after}")
-    reference_dir, resumed_dir = tmp_path / "uninterrupted", tmp_path / "killed"
+    reference_dir = tmp_path / "uninterrupted"
     train(reference_dir, overrides, env={RECORD_IDS_ENV: str(reference_dir)})
-
-    train_until_killed(resumed_dir, overrides, kill_after)
-    resumed_log = train(resumed_dir, overrides, env={RECORD_IDS_ENV: str(resumed_dir)})
-    loaded = re.search(r"Loaded checkpoint \S+checkpoint_last\.pt \(epoch (\d+) @ (\d+) updates\)", resumed_log)
-    assert loaded, "the restart did not resume from checkpoint_last.pt"
-    resumed_from = int(loaded.group(2))
-    assert SAVE_EVERY <= resumed_from <= kill_after
-
-    reference_ids, resumed_ids = updates_to_ids(reference_dir), updates_to_ids(resumed_dir)
-    assert sorted(resumed_ids) == sorted(reference_ids) == list(range(MAX_UPDATE))
-    for update, batches in resumed_ids.items():
-        # the update running when the process was killed may not have reached the task yet
-        replays = {2} if resumed_from <= update < kill_after else {1, 2} if update == kill_after else {1}
-        assert len(batches) in replays, f"update {update} ran {len(batches)} times"
-        assert all(batch == reference_ids[update][0] for batch in batches), f"update {update} saw other data"
-
+    reference_ids = updates_to_ids(reference_dir)
     reference_model, reference_optimizer = model_and_optimizer(reference_dir)
-    resumed_model, resumed_optimizer = model_and_optimizer(resumed_dir)
-    assert_same_tensors(resumed_model, reference_model, "model")
-    assert_same_tensors(resumed_optimizer, reference_optimizer, "optimizer")
+    # killed in the update after each save (its log line comes after checkpoint_1_<n>.pt is written):
+    # the runs resume from different checkpoints, with different optimizer and regulariser phases
+    for kill_after in range(SAVE_EVERY + 1, MAX_UPDATE - 1, SAVE_EVERY):
+        resumed_dir = tmp_path / f"killed_after_{kill_after}"
+        train_until_killed(resumed_dir, overrides, kill_after)
+        resumed_log = train(resumed_dir, overrides, env={RECORD_IDS_ENV: str(resumed_dir)})
+        loaded = re.search(r"Loaded checkpoint \S+checkpoint_last\.pt \(epoch (\d+) @ (\d+) updates\)", resumed_log)
+        assert loaded, "the restart did not resume from checkpoint_last.pt"
+        resumed_from = int(loaded.group(2))
+        assert SAVE_EVERY <= resumed_from <= kill_after
+
+        resumed_ids = updates_to_ids(resumed_dir)
+        assert sorted(resumed_ids) == sorted(reference_ids) == list(range(MAX_UPDATE))
+        for update, batches in resumed_ids.items():
+            # the update running when the process was killed may not have reached the task yet
+            replays = {2} if resumed_from <= update < kill_after else {1, 2} if update == kill_after else {1}
+            assert len(batches) in replays, f"killed after {kill_after}: update {update} ran {len(batches)} times"
+            assert all(batch == reference_ids[update][0] for batch in batches), \
+                f"killed after {kill_after}: update {update} saw other data"
+
+        resumed_model, resumed_optimizer = model_and_optimizer(resumed_dir)
+        assert_same_tensors(resumed_model, reference_model, f"killed after {kill_after} (resumed at {resumed_from}): model")
+        assert_same_tensors(resumed_optimizer, reference_optimizer, f"killed after {kill_after}: optimizer")
 
 
 @pytest.fixture
