@@ -2,7 +2,8 @@
 """Write ``scaled_adam_state_v1.pt``: a ScaledAdam state saved by the optimizer as it was before its
 stacks became persistent and its clip factor stayed on the device (commit 8b5bba6), and where the
 same optimizer took the parameters in the 12 steps after it. ``tests/test_scaled_adam.py`` loads the
-state into today's optimizer and asserts it takes the same steps.
+state into today's optimizer and asserts it takes the same steps (bit for bit when the file is
+made on the machine that runs the test; to rounding elsewhere).
 
     git show 8b5bba6:k2ssl_fairseq/optim/scaled_adam.py > $WORK/scaled_adam_8b5bba6.py
     python tests/data/make_scaled_adam_state.py $WORK/scaled_adam_8b5bba6.py
