@@ -6,6 +6,7 @@ import json
 import math
 import re
 from pathlib import Path
+from typing import List
 
 import pytest
 import torch
@@ -21,6 +22,11 @@ PRESETS = Path(__file__).resolve().parents[1] / "config" / "pretrain"
 #: Two stacks of one layer, of two shapes: enough to exercise sharing and the bound, quick to trace.
 TWO_STACKS = dict(encoder_dim=[32, 48], num_encoder_layers=[1, 1], feedforward_dim=[48, 64], num_heads=[4, 4],
                   encoder_unmasked_dim=[32, 32], cnn_module_kernel=[15, 7], downsampling_factor=[1, 2])
+
+
+def two_stack_overrides() -> List[str]:
+    """The two stacks as ``fairseq-hydra-train`` overrides of the zipformer_tiny preset."""
+    return [f"model.{key}=[{','.join(map(str, value))}]" for key, value in TWO_STACKS.items()]
 
 
 def two_stack_encoder(seed: int = 0) -> Zipformer2:
@@ -120,7 +126,7 @@ def test_compiled_training_through_fairseq_hydra_train_follows_eager(tiny_corpus
     """Same seed, same data: the compiled pre-training (aot_eager: traced, no code generation) takes
     the same random draws, so its losses follow the eager run's; it logs each compiled graph within
     the bound. Its checkpoint then fine-tunes with CTC, compiled too."""
-    architecture = [f"model.{key}=[{','.join(map(str, value))}]" for key, value in TWO_STACKS.items()]
+    architecture = two_stack_overrides()
     runs = {}
     for name, extra in (("eager", []), ("compiled", ["model.compile=true", "+model.compile_backend=aot_eager"])):
         run_dir = tmp_path / name

@@ -154,11 +154,20 @@ def comparable_max_duration(corpus: Path) -> float:
     pytest.fail("no batch budget plans the same batches for 1 and 2 shards on this corpus")
 
 
-def test_two_ranks_equal_one_process_with_update_freq_2(tiny_corpus: Path, tmp_path: Path):
+def compiled_overrides() -> List[str]:
+    """``model.compile=true`` on two small stacks, traced with aot_eager (no code generation: quick)."""
+    from test_compile import two_stack_overrides
+
+    return [*two_stack_overrides(), "model.compile=true", "+model.compile_backend=aot_eager"]
+
+
+@pytest.mark.parametrize("mode", ["eager", "compiled"])
+def test_two_ranks_equal_one_process_with_update_freq_2(tiny_corpus: Path, tmp_path: Path, mode: str):
     # ScaledAdam re-estimates its clipping threshold every 2 steps at half the median norm, so it
     # clips from the third update on: clipping per rank instead of on the all-reduced gradient
-    # would break the equality.
-    common = [f"task.data={tiny_corpus}", f"task.label_dir={tiny_corpus}",
+    # would break the equality. Compiled, each rank runs the same graphs on the same batches.
+    common = [*(compiled_overrides() if mode == "compiled" else []),
+              f"task.data={tiny_corpus}", f"task.label_dir={tiny_corpus}",
               f"task.max_duration={comparable_max_duration(tiny_corpus)}", f"optimization.max_update={NUM_UPDATES}",
               "checkpoint.save_interval_updates=1", "optimization.lr=[0.01]",
               "++optimizer.clipping_update_period=2", "++optimizer.clipping_scale=0.5"]

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from test_distributed import PRESET_DIR, RECORD_IDS_ENV, REPO, train
+from test_distributed import PRESET_DIR, RECORD_IDS_ENV, REPO, compiled_overrides, train
 from test_distributed import THIS_FILE as LAUNCHER
 
 from k2ssl_fairseq import checkpoints
@@ -99,15 +99,14 @@ def assert_same_tensors(a, b, path: str = "") -> None:
         assert a == b, f"{path}: {a} != {b}"
 
 
-def test_sigkill_and_restart_equals_an_uninterrupted_run(tiny_corpus: Path, tmp_path: Path):
-    overrides = resume_overrides(tiny_corpus)
+def assert_resumes_exactly(overrides: List[str], tmp_path: Path, kill_points: List[int]) -> None:
+    """An uninterrupted run, then one run killed after each of ``kill_points`` and restarted: the
+    same data per update and, at the end, the same parameters and optimizer state, bit for bit."""
     reference_dir = tmp_path / "uninterrupted"
     train(reference_dir, overrides, env={RECORD_IDS_ENV: str(reference_dir)})
     reference_ids = updates_to_ids(reference_dir)
     reference_model, reference_optimizer = model_and_optimizer(reference_dir)
-    # killed in the update after each save (its log line comes after checkpoint_1_<n>.pt is written):
-    # the runs resume from different checkpoints, with different optimizer and regulariser phases
-    for kill_after in range(SAVE_EVERY + 1, MAX_UPDATE - 1, SAVE_EVERY):
+    for kill_after in kill_points:
         resumed_dir = tmp_path / f"killed_after_{kill_after}"
         train_until_killed(resumed_dir, overrides, kill_after)
         resumed_log = train(resumed_dir, overrides, env={RECORD_IDS_ENV: str(resumed_dir)})
@@ -128,6 +127,20 @@ def test_sigkill_and_restart_equals_an_uninterrupted_run(tiny_corpus: Path, tmp_
         resumed_model, resumed_optimizer = model_and_optimizer(resumed_dir)
         assert_same_tensors(resumed_model, reference_model, f"killed after {kill_after} (resumed at {resumed_from}): model")
         assert_same_tensors(resumed_optimizer, reference_optimizer, f"killed after {kill_after}: optimizer")
+
+
+def test_sigkill_and_restart_equals_an_uninterrupted_run(tiny_corpus: Path, tmp_path: Path):
+    # killed in the update after each save (its log line comes after checkpoint_1_<n>.pt is written):
+    # resumed at 2 and at 4, in different optimizer and regulariser phases
+    assert_resumes_exactly(resume_overrides(tiny_corpus), tmp_path, list(range(SAVE_EVERY + 1, MAX_UPDATE - 1, SAVE_EVERY)))
+
+
+def test_compiled_sigkill_and_restart_equals_an_uninterrupted_compiled_run(tiny_corpus: Path, tmp_path: Path):
+    """``model.compile=true`` (aot_eager: traced, no code generation; two small stacks): the compiled
+    step takes the same draws from the same seeds, so a restarted compiled run continues exactly."""
+    assert_resumes_exactly([*resume_overrides(tiny_corpus), *compiled_overrides()], tmp_path, [2 * SAVE_EVERY + 1])
+    for run in ("uninterrupted", f"killed_after_{2 * SAVE_EVERY + 1}"):
+        assert "compiled zipformer_ssl graph 1 of at most" in (tmp_path / run / "train.log").read_text(), run
 
 
 @pytest.fixture
