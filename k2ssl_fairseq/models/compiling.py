@@ -91,6 +91,9 @@ class LayerCompiler:
     def run(self, forward: Callable, layer: nn.Module, *args: Any, **kwargs: Any) -> Any:
         """``forward(layer, ...)``: compiled in training mode, eager otherwise."""
         if layer.training and not torch.compiler.is_compiling():
+            # Contiguous inputs: a graph is specialised on its inputs' layout too (the first stack's
+            # input is a transposed view, the last one's is not).
+            args = tuple(arg.contiguous() if isinstance(arg, torch.Tensor) else arg for arg in args)
             for tensor in _tensors((args, kwargs)):
                 for dim in range(tensor.ndim):  # batch and frame axes: symbolic from the first compile
                     torch._dynamo.maybe_mark_dynamic(tensor, dim)
@@ -109,7 +112,9 @@ class LayerCompiler:
     def expected_compiles(self) -> int:
         """At most this many graphs, whatever the data: per distinct layer shape, one for batches of
         2-15 sequences, one for a batch of one and one for 16 or more (torch specialises those batch
-        sizes), in each gradient mode (k2ssl_ctc runs its frozen encoder without gradients)."""
+        sizes), in each gradient mode (k2ssl_ctc runs its frozen encoder without gradients). On a
+        CPU, inductor's C++ code also picks how it sums by the size of each reduction (over 4,096
+        elements or not), so batches of very few frames (under 4096 / channels) add graphs."""
         return 3 * 2 * len(self.shapes)
 
     def __deepcopy__(self, memo: dict) -> "LayerCompiler":

@@ -141,8 +141,28 @@ class ConvolutionModule(nn.Module):
         gated = gated.permute(1, 2, 0)  # (batch, channels, frame)
         if padding_mask is not None:
             gated = gated.masked_fill(padding_mask.unsqueeze(1), 0.0)
-        convolved = self.balancer2(self.depthwise_conv(gated), draws[1])
+        conv = depthwise_conv_as_shifts if torch.compiler.is_compiling() else self.depthwise_conv
+        convolved = self.balancer2(conv(gated) if conv is self.depthwise_conv else conv(gated, self.depthwise_conv),
+                                   draws[1])
         return self.out_proj(self.whiten(convolved.permute(2, 0, 1), draws[2]))
+
+
+def depthwise_conv_as_shifts(x: Tensor, conv: nn.Conv1d) -> Tensor:
+    """``conv(x)`` for a depthwise ``conv`` ("same" padding, stride 1), written as a sum of shifted
+    products: what compiled code runs. Inductor lowers a convolution's backward with the frame
+    count fixed (torch 2.14), so every new length recompiled the layer; this form fuses into a
+    few kernels and keeps the frame count symbolic. Equal to the convolution up to summation order.
+
+    Args: x: ``(batch, channels, frame)``.
+    """
+    kernel = conv.kernel_size[0]
+    frames = x.shape[-1]
+    padded = F.pad(x, (kernel // 2, kernel // 2))
+    weight = conv.weight[:, 0, :].unsqueeze(-1)  # (channels, kernel, 1)
+    out = padded[..., :frames] * weight[:, 0]
+    for k in range(1, kernel):
+        out = out + padded[..., k : k + frames] * weight[:, k]
+    return out if conv.bias is None else out + conv.bias.unsqueeze(-1)
 
 
 class BypassModule(nn.Module):
