@@ -102,6 +102,23 @@ def test_inductor_compiled_layer_equals_eager_given_the_same_draws():
 
 
 @pytest.mark.e2e
+def test_inductor_keeps_frame_counts_symbolic():
+    """With code generation, a new utterance length reuses the layer's graph (inductor lowers a
+    convolution's backward with the frame count fixed; the compiled depthwise convolution avoids it).
+    Lengths long enough that every reduction has over 4,096 elements (inductor's C++ code sums
+    shorter ones differently, a graph of its own)."""
+    encoder = two_stack_encoder().train()
+    set_batch_count(encoder, 0.0)
+    compiler = LayerCompiler(backend="inductor")
+    compiler.attach(encoder.layers())
+    compiles = []
+    for frames in (600, 700, 650):
+        encoder(torch.randn(frames, 2, 32, requires_grad=True)).output.square().mean().backward()
+        compiles.append(compiler.compiles)
+    assert compiles == [len(compiler.shapes)] * 3
+
+
+@pytest.mark.e2e
 def test_advancing_schedules_and_whitening_do_not_recompile_and_eval_stays_eager():
     encoder = two_stack_encoder().train()
     compiler = LayerCompiler(backend="aot_eager")
