@@ -141,9 +141,11 @@ class ConvolutionModule(nn.Module):
         gated = gated.permute(1, 2, 0)  # (batch, channels, frame)
         if padding_mask is not None:
             gated = gated.masked_fill(padding_mask.unsqueeze(1), 0.0)
-        conv = depthwise_conv_as_shifts if torch.compiler.is_compiling() else self.depthwise_conv
-        convolved = self.balancer2(conv(gated) if conv is self.depthwise_conv else conv(gated, self.depthwise_conv),
-                                   draws[1])
+        if torch.compiler.is_compiling():
+            convolved = depthwise_conv_as_shifts(gated, self.depthwise_conv)
+        else:
+            convolved = self.depthwise_conv(gated)
+        convolved = self.balancer2(convolved, draws[1])
         return self.out_proj(self.whiten(convolved.permute(2, 0, 1), draws[2]))
 
 
