@@ -138,8 +138,9 @@ def test_sigkill_and_restart_equals_an_uninterrupted_run(tiny_corpus: Path, tmp_
 def test_compiled_sigkill_and_restart_equals_an_uninterrupted_compiled_run(tiny_corpus: Path, tmp_path: Path):
     """``model.compile=true`` (aot_eager: traced, no code generation; two small stacks): the compiled
     step takes the same draws from the same seeds, so a restarted compiled run continues exactly."""
-    assert_resumes_exactly([*resume_overrides(tiny_corpus), *compiled_overrides()], tmp_path, [2 * SAVE_EVERY + 1])
-    for run in ("uninterrupted", f"killed_after_{2 * SAVE_EVERY + 1}"):
+    kill_after = 2 * SAVE_EVERY + 1  # resumed at the second checkpoint
+    assert_resumes_exactly([*resume_overrides(tiny_corpus), *compiled_overrides()], tmp_path, [kill_after])
+    for run in ("uninterrupted", f"killed_after_{kill_after}"):
         assert "compiled zipformer_ssl graph 1 of at most" in (tmp_path / run / "train.log").read_text(), run
 
 
